@@ -1,0 +1,76 @@
+"""The ``tlexp`` command. Subcommands import their heavy dependencies lazily, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+HELP = """\
+tlexp — transfer-learning experiments for recommender systems
+
+usage: tlexp <command> [args]
+
+commands:
+  run [overrides]   run one experiment (Hydra overrides, e.g. strategy=scratch data=ecommerce seed=1;
+                    -m for a sweep: tlexp run -m strategy=scratch,finetune seed=0,1,2;
+                    --help for the config groups and their choices)
+  data list         the data presets and domains
+  data describe     dataset statistics of a scenario (e.g. tlexp data describe data=social)
+  ui [--port P]     the MLflow UI on 127.0.0.1 over the same store as tlexp run
+"""
+
+
+def _ui(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tlexp ui", description="MLflow UI over tlexp's store, on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--outputs", default=os.environ.get("TLEXP_OUTPUTS", "outputs"),
+                        help="tlexp's outputs folder (holds the embedded store)")
+    parser.add_argument("--print-command", action="store_true", help="print the mlflow command and exit")
+    args = parser.parse_args(argv)
+    from tlexp.tracking.store import EMBEDDED_ARTIFACTS, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None, args.outputs)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if uri.startswith("sqlite:"):
+        from pathlib import Path
+
+        cmd += ["--default-artifact-root", (Path(args.outputs).resolve() / EMBEDDED_ARTIFACTS).as_uri()]
+    if args.print_command:
+        print(" ".join(cmd))
+        return 0
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        sys.argv = ["tlexp run", *rest]
+        from tlexp.run import hydra_main
+
+        hydra_main()
+        return 0
+    if cmd == "ui":
+        return _ui(rest)
+    if cmd == "data":
+        from tlexp.data.cli import main as data_main
+
+        return data_main(rest)
+    print(f"tlexp: unknown command '{cmd}'\n\n{HELP}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

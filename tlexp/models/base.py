@@ -1,0 +1,59 @@
+"""The backbone interface every recommender model implements.
+
+A backbone turns a batch of users into vectors and items into vectors; a strategy never needs
+to know more. ID models look users up by index; sequential models (later) read the user's history
+from extra batch keys; text models compute item vectors from item text. Scoring is a dot product
+unless a backbone overrides :meth:`score`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class: user representations, item representations, scores."""
+
+    name: str = "backbone"
+    n_users: int
+    n_items: int
+
+    def user_repr(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, d) representations for ``batch['user']`` (and any extra keys the backbone needs)."""
+        raise NotImplementedError
+
+    def item_repr(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(len(items), d) representations; all items when ``items`` is None."""
+        raise NotImplementedError
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, N) scores of every user against every item."""
+        return users @ items.T
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B,) or (B, M) scores of aligned user/item representations."""
+        if items.dim() == users.dim() + 1:
+            return (users.unsqueeze(-2) * items).sum(-1)
+        return (users * items).sum(-1)
+
+    def transfer_from(self, source: Backbone, user_map: torch.Tensor, item_map: torch.Tensor,
+                      init_new_users: str = "mean") -> list[str]:
+        """Copy what carries over from a backbone trained on another domain.
+
+        ``user_map[i]`` is the source index of target user ``i`` (-1 if absent); likewise
+        ``item_map``. The default copies every parameter whose name and shape match; ID backbones
+        override it to move embedding rows by key. Returns the names of parameters that received
+        transferred values (they may get their own learning rate).
+        """
+        own = self.state_dict()
+        moved = []
+        with torch.no_grad():
+            for name, value in source.state_dict().items():
+                if name in own and own[name].shape == value.shape:
+                    own[name].copy_(value)
+                    moved.append(name)
+        return moved
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,125 @@
+"""One MLflow run per ``tlexp run``: created up front, always ended with a truthful status.
+
+The run is created before any training, so that Lightning's MLFlowLogger (also in ``ddp_spawn``
+children) attaches to it by id instead of creating its own, and a run that raises or is
+interrupted is ended as FAILED / KILLED rather than left RUNNING. Artifacts already logged stay.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlexp.tracking.store import artifact_location, get_or_create_experiment, resolve_tracking_uri
+
+MAX_PARAM_LEN = 6000
+
+
+def git_sha(root: str | Path) -> str:
+    """The commit of the code that produced the run ('-dirty' if the tree has changes)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Scalar leaves of a nested config as 'a.b.c' -> str(value); lists as their string form."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:MAX_PARAM_LEN]
+    return out
+
+
+class TrackedRun:
+    """A context manager around one MLflow run: ``with TrackedRun(...) as run: ...``."""
+
+    def __init__(self, cfg: DictConfig, tags: dict[str, str], experiment_name: str, run_name: str):
+        from mlflow.tracking import MlflowClient
+
+        out_root = cfg.paths.output_root
+        self.tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri, out_root)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment_name = experiment_name
+        self.experiment_id = get_or_create_experiment(
+            self.client, experiment_name, artifact_location(self.tracking_uri, out_root))
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        self.cfg = cfg
+        self.status = "RUNNING"
+
+    # ----- logging -----
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i: i + 100])
+
+    def log_config(self, cfg: DictConfig) -> None:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        self.log_params(flatten(resolved))
+        self.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i: i + 500])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            p.write_text(text)
+            self.client.log_artifact(self.run_id, str(p))
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def lightning_logger(self):  # noqa: ANN201
+        """Lightning's MLFlowLogger attached to this run (per-epoch metrics)."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
+                            run_id=self.run_id, log_model=False)
+
+    # ----- lifecycle -----
+    def __enter__(self) -> TrackedRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+            try:
+                self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
+            except Exception:  # noqa: BLE001 - never hide the original error behind a logging one
+                pass
+        self.status = status
+        self.client.set_terminated(self.run_id, status=status)
+        return False
