@@ -12,18 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tlexp.data.datamodule import RecDataModule
+from tlexp.context import RunContext
 from tlexp.data.scenario import Scenario, build_scenario
 from tlexp.evaluation.evaluator import EvalSet, evaluate, make_eval_set, top_items
-from tlexp.models.popularity import Popularity
-from tlexp.pretrain import build_backbone, pretrain_source
 from tlexp.strategies.base import RecStrategy
 from tlexp.tracking.run import TrackedRun, git_sha
 from tlexp.training import build_trainer, fit_best
@@ -108,41 +105,27 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     with TrackedRun(cfg, tags, experiment, run_name) as run:
         run.log_config(cfg)
         run.log_params(_scenario_stats(scenario))
+        ctx = RunContext(cfg, scenario, source_fp, run)
         val_set, test_set = make_eval_set(target, "valid"), make_eval_set(target, "test")
         ks = list(cfg.eval.ks)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        if strategy_cls.trains:
-            backbone = build_backbone(cfg.backbone, target)
-        else:
-            counts = np.bincount(target.train["item"].to_numpy(), minlength=target.n_items)
-            backbone = Popularity(target.n_users, counts)
+        ctx.reseed()
+        backbone = strategy_cls.make_backbone(ctx)
         scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
         module: RecStrategy = factory(backbone=backbone, loss=instantiate(cfg.loss),
                                       optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
                                       val_set=val_set, ks=ks, eval_batch_size=cfg.eval.batch_size)
-        timings: dict[str, float] = {}
-        if strategy_cls.requires_source:
-            t0 = time.time()
-            pre = pretrain_source(cfg, scenario.source, source_fp)
-            timings["time/pretrain_s"] = time.time() - t0
-            run.set_tags({"pretrain_cache": "hit" if pre.cache_hit else "miss", "pretrain_key": pre.key})
-            run.log_metrics({"pretrain/val_ndcg_at_10": pre.meta["best_val_ndcg_at_10"],
-                             "pretrain/best_epoch": pre.meta["best_epoch"],
-                             "pretrain/seconds": pre.meta["seconds"]})
-            user_map = torch.from_numpy(scenario.source.user_index(target.users)).long()
-            item_map = torch.from_numpy(pd.Index(scenario.source.items).get_indexer(target.items)).long()
-            pl.seed_everything(cfg.seed, workers=True, verbose=False)  # cache hit or miss: same RNG from here
-            moved = module.transfer(pre.backbone, user_map, item_map)
-            run.log_params({"transfer.moved": ",".join(moved)})
+        module.prepare(ctx)
+        timings = ctx.timings
         run.log_params({"params_total": backbone.num_parameters(),
                         "params_trainable": backbone.num_parameters(trainable_only=True)})
 
         best_path = ""
+        last_step = 0
         if strategy_cls.trains:
             t0 = time.time()
             trainer = build_trainer(cfg, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger())
             try:
-                fit = fit_best(trainer, module, RecDataModule(target, cfg.batch_size, cfg.num_workers))
+                fit = fit_best(trainer, module, module.make_datamodule(ctx))
             except SystemExit:
                 if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1); keep it an interrupt
                     raise KeyboardInterrupt from None
@@ -151,8 +134,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             best_path = fit["best_path"]
             run.set_tags({"best_epoch": fit["best_epoch"]})
             last_step = int(trainer.global_step) + 1
-        else:
-            last_step = 0
+        module.after_fit(ctx)
 
         t0 = time.time()
         module.eval()
@@ -165,6 +147,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         # run is the objective a sweeper should read (never a test metric).
         run.log_metrics(val_metrics, step=last_step)
         run.log_metrics(test_metrics, step=last_step)
+        extra = module.extra_metrics(ctx)
+        run.log_metrics(extra, step=last_step)
         run.log_params({f"n_users.{k}": v for k, v in _segment_sizes(test_set).items()})
         if cfg.logger.predictions_sample:
             sample = _predictions_sample(scenario, test_set, module, int(cfg.logger.predictions_sample))
@@ -174,6 +158,6 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         timings["time/total_s"] = time.time() - t_start
         run.log_metrics(timings, step=last_step)
 
-    return {"metrics": {**val_metrics, **test_metrics}, "run_id": run.run_id,
+    return {"metrics": {**val_metrics, **test_metrics, **extra}, "run_id": run.run_id,
             "tracking_uri": run.tracking_uri, "experiment": experiment, "segments": _segment_sizes(test_set),
             "tags": tags, "timings": timings}

@@ -42,7 +42,7 @@ class Pretrained:
 
 def pretrain_key(cfg: DictConfig, source_fingerprint: dict, backbone_cfg: DictConfig | None = None,
                  seed: int | None = None) -> str:
-    res = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None  # noqa: E731
+    res = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None
     pre = res(cfg.pretrain)
     pre.pop("use_cache", None)
     return stable_hash({

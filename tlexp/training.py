@@ -42,6 +42,9 @@ def fit_best(trainer: pl.Trainer, module: RecStrategy, datamodule: RecDataModule
     Under ``ddp_spawn`` the fit happens in child processes; the checkpoint file is what survives,
     so the best weights are always read back from it.
     """
+    attach = getattr(module.loss, "attach", None)
+    if attach is not None and hasattr(datamodule, "item_counts"):
+        attach(datamodule.item_counts)  # losses that correct for the sampling distribution
     trainer.fit(module, datamodule=datamodule)
     ckpt = trainer.checkpoint_callback
     best_path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""

@@ -54,6 +54,7 @@ class RecDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set = PairDataset(torch.tensor(data.train["user"].to_numpy()),
                                      torch.tensor(data.train["item"].to_numpy()))
+        self.item_counts = torch.bincount(self.train_set.items, minlength=data.n_items)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=keep_batch,

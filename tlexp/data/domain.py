@@ -51,7 +51,7 @@ class Domain:
 
     @property
     def n_items(self) -> int:
-        return int(len(self.items))
+        return len(self.items)
 
 
 class DomainLoader(Protocol):

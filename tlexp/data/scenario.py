@@ -42,11 +42,11 @@ class DomainData:
 
     @property
     def n_users(self) -> int:
-        return int(len(self.users))
+        return len(self.users)
 
     @property
     def n_items(self) -> int:
-        return int(len(self.item_info))
+        return len(self.item_info)
 
     @property
     def items(self) -> np.ndarray:
@@ -169,7 +169,7 @@ def make_cold_start(target: DomainData, source: DomainData, share: float, seed: 
         return target
     rng = np.random.default_rng(seed)
     cold = np.sort(rng.choice(overlap, size=n_cold, replace=False))
-    is_cold = lambda df: df["user"].isin(cold).to_numpy()  # noqa: E731
+    is_cold = lambda df: df["user"].isin(cold).to_numpy()
     history = pd.concat([df[is_cold(df)] for df in (target.train, target.valid, target.test)])
     history = history.sort_values(["user", "timestamp"], kind="stable")
     return DomainData(

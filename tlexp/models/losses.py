@@ -33,19 +33,31 @@ class BPRLoss(nn.Module):
 class InBatchSoftmaxLoss(nn.Module):
     """Sampled softmax: each positive against the batch's other positives as negatives.
 
-    Other rows that carry the same item as the positive are masked so that an item is never its
-    own negative.
+    In-batch negatives are drawn in proportion to item popularity, which without correction
+    teaches the model to rank popular items *down*; the logQ correction (Yi et al., RecSys 2019)
+    subtracts log(sampling probability) from each candidate's logit. The item frequencies come
+    from the training data via :meth:`attach`. Other rows carrying the positive's item are masked
+    so that an item is never its own negative.
     """
 
-    def __init__(self, temperature: float = 0.1):
+    def __init__(self, temperature: float = 1.0, logq_correction: bool = True):
         super().__init__()
         self.temperature = temperature
+        self.logq_correction = logq_correction
+        self.register_buffer("log_q", torch.zeros(0), persistent=False)
+
+    def attach(self, item_counts: torch.Tensor) -> None:
+        """Learn the sampling distribution of in-batch negatives: training counts per item."""
+        q = item_counts.float() + 1.0
+        self.log_q = (q / q.sum()).log()
 
     def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         u = backbone.user_repr(batch)
         items = batch["item"]
         v = backbone.item_repr(items)
         logits = backbone.score(u, v) / self.temperature
+        if self.logq_correction and self.log_q.numel():
+            logits = logits - self.log_q.to(logits.device)[items].unsqueeze(0)
         same = items.unsqueeze(0) == items.unsqueeze(1)
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, -torch.inf)

@@ -8,7 +8,7 @@ evaluator, so their numbers are comparable by construction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,6 +16,9 @@ from torch import nn
 
 from tlexp.evaluation.evaluator import EvalSet, accumulate
 from tlexp.models.base import Backbone
+
+if TYPE_CHECKING:
+    from tlexp.context import RunContext
 
 
 class RecStrategy(pl.LightningModule):
@@ -37,6 +40,28 @@ class RecStrategy(pl.LightningModule):
         self.eval_batch_size = eval_batch_size
         self.strategy_name = name
         self._val_acc = None
+
+    # ----- hooks the pipeline calls, in this order -----
+    @classmethod
+    def make_backbone(cls, ctx: RunContext) -> Backbone:
+        """The model this strategy trains on the target (default: ``cfg.backbone`` on the target)."""
+        return ctx.build_backbone()
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Before fitting: fetch pretrained models, move weights over. Default: nothing."""
+
+    def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
+        """Training data for the target stage. Default: the target's (user, item) training pairs."""
+        from tlexp.data.datamodule import RecDataModule
+
+        return RecDataModule(ctx.target, ctx.cfg.batch_size, ctx.cfg.num_workers)
+
+    def after_fit(self, ctx: RunContext) -> None:
+        """After the best checkpoint is restored, before final evaluation. Default: nothing."""
+
+    def extra_metrics(self, ctx: RunContext) -> dict[str, float]:
+        """Metrics beyond the shared test/val segments (e.g. a teacher's). Default: none."""
+        return {}
 
     # ----- scoring, shared by validation here and test in the pipeline -----
     def eval_batch(self, users: torch.Tensor) -> dict[str, torch.Tensor]:

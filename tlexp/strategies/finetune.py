@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tlexp.context import RunContext
 from tlexp.models.base import Backbone
 from tlexp.strategies.base import RecStrategy
 
@@ -29,6 +30,12 @@ class FineTune(RecStrategy):
         self.freeze = list(freeze or [])
         self.transfer_lr_scale = transfer_lr_scale
         self.transferred: list[str] = []
+
+    def prepare(self, ctx: RunContext) -> None:
+        pre = ctx.pretrained()
+        ctx.reseed()  # cache hit or miss: the same random state from here on
+        moved = self.transfer(pre.backbone, ctx.user_map(), ctx.item_map())
+        ctx.log_params({"transfer.moved": ",".join(moved)})
 
     def transfer(self, source: Backbone, user_map: torch.Tensor, item_map: torch.Tensor) -> list[str]:
         """Copy what carries over from ``source``; freeze what the config says. Returns moved names."""

@@ -77,8 +77,9 @@ class TrackedRun:
         self.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
@@ -98,7 +99,7 @@ class TrackedRun:
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def lightning_logger(self):  # noqa: ANN201
+    def lightning_logger(self):
         """Lightning's MLFlowLogger attached to this run (per-epoch metrics)."""
         from lightning.pytorch.loggers import MLFlowLogger
 
@@ -109,7 +110,7 @@ class TrackedRun:
     def __enter__(self) -> TrackedRun:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):

@@ -35,7 +35,7 @@ def artifact_location(uri: str, output_root: str | Path) -> str | None:
     return None
 
 
-def get_or_create_experiment(client, name: str, artifact_root: str | None) -> str:  # noqa: ANN001
+def get_or_create_experiment(client, name: str, artifact_root: str | None) -> str:
     """Experiment id for ``name``, creating it if needed; tolerant of a concurrent creator."""
     from mlflow.exceptions import MlflowException
 

@@ -1,0 +1,33 @@
+# tlexp — the front door. `make install` then `tlexp run` (or `make run`); `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed first, pinned, so that pip takes the CPU wheel instead of a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install run test test-fast lint bench clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@echo "installed: activate with '. $(BIN)/activate', then run 'tlexp run'"
+
+run:
+	$(BIN)/tlexp run
+
+test:
+	$(BIN)/python -m pytest -q --timeout=900
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=600
+
+lint:
+	$(BIN)/ruff check tlexp tests scripts
+
+bench:
+	$(BIN)/python scripts/bench_train.py
+
+clean:
+	rm -rf outputs multirun .pytest_cache
