@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from tlexp.context import RunContext
 from tlexp.data.scenario import Scenario, build_scenario
+from tlexp.errors import ConfigError
 from tlexp.evaluation.evaluator import EvalSet, evaluate, make_eval_set, top_items
 from tlexp.strategies.base import RecStrategy
 from tlexp.tracking.run import TrackedRun, git_sha
@@ -91,9 +92,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     backbone_name = cfg.backbone.get("name", str(cfg.backbone._target_).rsplit(".", 1)[-1])
     factory = instantiate(cfg.strategy)
     strategy_cls = factory.func
-    if strategy_cls.requires_source and scenario.overlap_users().size == 0 and \
-            getattr(cfg.strategy, "carry_user_embeddings", False):
-        log.warning("no overlap users between %s and %s: only tower weights transfer",
+    n_overlap = int(scenario.overlap_users().size)
+    if strategy_cls.requires_overlap and n_overlap == 0:
+        raise ConfigError(f"strategy '{cfg.strategy.name}' needs users present in both domains, but "
+                          f"{scenario.source.name} and {target.name} share none; pick a scenario with "
+                          f"overlap users or a strategy that does not need them (e.g. adapt, scratch)")
+    if strategy_cls.requires_source and n_overlap == 0:
+        log.warning("no overlap users between %s and %s: only shared weights transfer, no user embeddings",
                     scenario.source.name, target.name)
     tags = {"strategy": strategy_name, "source": scenario.source.name, "target": target.name,
             "backbone": "popular" if not strategy_cls.trains else backbone_name,

@@ -25,6 +25,7 @@ class RecStrategy(pl.LightningModule):
     """Train ``backbone`` with ``loss`` on target pairs; validate by full ranking on ``val_set``."""
 
     requires_source: bool = False
+    requires_overlap: bool = False  # needs users present in both domains (e.g. embedding mapping)
     trains: bool = True
 
     def __init__(self, backbone: Backbone, loss: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
@@ -60,8 +61,38 @@ class RecStrategy(pl.LightningModule):
         """After the best checkpoint is restored, before final evaluation. Default: nothing."""
 
     def extra_metrics(self, ctx: RunContext) -> dict[str, float]:
-        """Metrics beyond the shared test/val segments (e.g. a teacher's). Default: none."""
-        return {}
+        """Metrics beyond the shared test/val segments (e.g. a teacher's).
+
+        Default: the k-shot cold-start protocol when ``eval.kshot.shots`` is set (else none);
+        subclasses that override this should merge in ``self.kshot_metrics(ctx)``.
+        """
+        return self.kshot_metrics(ctx)
+
+    # ----- k-shot cold-start evaluation (tlexp/evaluation/kshot.py), the same for every strategy -----
+    def kshot_shots(self, ctx: RunContext) -> list[int]:
+        """The ``k`` values to evaluate: ``eval.kshot.shots`` (empty = no k-shot evaluation)."""
+        from tlexp.evaluation.kshot import kshot_config
+
+        return kshot_config(ctx.cfg).shots
+
+    def kshot_adapter(self, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """How this strategy uses a cold user's k support items: ``eval.kshot.adapt_steps`` plain
+        gradient steps (``adapt_lr``) on the user representation; 0 steps = no adaptation."""
+        from tlexp.evaluation.kshot import gradient_step_adapter, kshot_config
+
+        conf = kshot_config(ctx.cfg)
+        return gradient_step_adapter(self.backbone, self.eval_batch, conf.adapt_steps, conf.adapt_lr)
+
+    def kshot_metrics(self, ctx: RunContext) -> dict[str, float]:
+        """``test_cold_k<k>/<metric>_at_<K>`` for each configured ``k`` (see tlexp/evaluation/kshot.py)."""
+        shots = self.kshot_shots(ctx)
+        if not shots or not ctx.target.cold_users.size:
+            return {}
+        from tlexp.evaluation.kshot import evaluate_kshot
+
+        self.eval()
+        return evaluate_kshot(ctx.target, shots, self.kshot_adapter(ctx), self.ks, self.eval_batch_size,
+                              device=self.device)
 
     # ----- scoring, shared by validation here and test in the pipeline -----
     def eval_batch(self, users: torch.Tensor) -> dict[str, torch.Tensor]:

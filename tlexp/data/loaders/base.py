@@ -68,7 +68,7 @@ class FileLoader:
     def __init__(self, name: str, data_dir: str | os.PathLike = ".", folder: str = "",
                  cleaning: Mapping | None = None, **options: Any):
         self.name = str(name)
-        self.data_dir = Path(str(data_dir)).expanduser()
+        self.data_dir = Path(os.path.normpath(os.path.abspath(Path(str(data_dir)).expanduser())))
         self.folder = str(folder or "")
         self.cleaning = CleaningConfig.from_dict(plain(cleaning), where=f"domain '{self.name}': cleaning")
         self.options = plain(options)
@@ -200,6 +200,10 @@ def to_float(values: pd.Series, path: Path, column: str, domain: str) -> np.ndar
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"domain '{domain}': {path}, column '{column}', data row {row + 1}: "
                         f"{values.iloc[row]!r} is not a number; fix that row")
+    if num.isna().any():
+        row = int(np.flatnonzero(num.isna().to_numpy())[0])
+        raise DataError(f"domain '{domain}': {path}, column '{column}', data row {row + 1} is empty "
+                        "(a missing field?); fill it or drop the row")
     return num.to_numpy(np.float64)
 
 
