@@ -233,3 +233,16 @@ def test_scientific_items_never_appear_in_its_sources(tmp_path):
                                                          else "item_listO_AA_F.csv"), dtype=str, keep_default_na=False)
         own = set(raw["item_title"].str.replace(r"[^a-z0-9]+", " ", regex=True).str.strip())
         assert not sci_titles & own, name
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("preset", ["douban_book_music", "sport_cloth", "electronic_phone", "ml100k_genres",
+                                    "books_movies", "arts_office"])
+def test_domains_of_a_preset_share_no_item_keys(preset, tmp_path):
+    """Item ids local to each domain (Douban, DisenCDR) are namespaced: a transfer strategy that carries
+    embeddings by item key must never map an item onto an unrelated item of the other domain."""
+    cfg = compose([f"data={preset}", f"paths.data_dir={DATA}", f"paths.output_dir={tmp_path}"])
+    need(cfg.source.name, cfg.target.name)
+    src, tgt = instantiate(cfg.source).load(), instantiate(cfg.target).load()
+    assert not set(src.items["item"]) & set(tgt.items["item"])
+    assert set(src.interactions["user"]) & set(tgt.interactions["user"])  # ...while users do match

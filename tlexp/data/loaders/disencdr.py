@@ -67,7 +67,9 @@ class DisenCDRLoader(FileLoader):
         rows = pd.concat([tr, te], ignore_index=True)
         rows["timestamp"] = position_in_user(rows["u"])
         inter = pd.DataFrame({"user": (f"disencdr:{o['pair']}:" + rows["u"].astype(str)).astype(object),
-                              "item": rows["i"].astype(str).astype(object),
+                              # item ids are local to each domain of a pair: namespace them so that
+                              # item 0 of Sport is never mistaken for item 0 of Cloth
+                              "item": (f"{o['domain']}:" + rows["i"].astype(str)).astype(object),
                               "timestamp": rows["timestamp"].to_numpy(np.int64), "split": rows["split"]})
-        keys = np.sort(rows["i"].unique()).astype(str)
+        keys = np.array([f"{o['domain']}:{i}" for i in np.sort(rows["i"].unique())], dtype=object)
         return inter, pd.DataFrame({"item": keys, "text": "", "category": ""})
