@@ -116,7 +116,8 @@ def main() -> None:
         items = backbone.item_repr()
         score_fn = lambda u: users[u] @ items.T
         n = min(args.naive_users, test_set.n_users)
-        subset = EvalSet(test_set.name, test_set.users[:n], *_slice(test_set, n), test_set.n_items)
+        subset = EvalSet(test_set.name, test_set.users[:n], *_slice(test_set, n), test_set.n_items,
+                         segments={"": np.ones(n, dtype=bool)})
         fast, slow = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()

@@ -47,9 +47,13 @@ def main() -> None:
                 print(f"{data:10s} {strategy:9s} seed {seed}: " + "  ".join(
                     f"{seg}={rows[-1][seg]:.4f}" for seg in ("test", "test_warm", "test_cold")), flush=True)
     df = pd.DataFrame(rows)
-    agg = df.groupby(["data", "strategy"])[["test", "test_warm", "test_cold", "seconds"]].agg(["mean", "std"])
-    pd.set_option("display.width", 200)
-    print(f"\n{args.metric}, mean and std over seeds {args.seeds}:\n{agg.round(4)}\n")
+    print(f"\n{args.metric}, mean ± std over seeds {args.seeds}:\n")
+    print("| data | strategy | test | test_warm | test_cold | s/run |\n|---|---|---|---|---|---|")
+    for (data, strategy), g in df.groupby(["data", "strategy"], sort=False):
+        cells = [f"{g[c].mean():.4f} ± {g[c].std(ddof=1) if len(g) > 1 else 0:.4f}"
+                 for c in ("test", "test_warm", "test_cold")]
+        print(f"| {data} | {strategy} | " + " | ".join(cells) + f" | {g['seconds'].mean():.0f} |")
+    print()
     for data in args.data:
         mean = df[df.data == data].groupby("strategy")[["test_warm", "test_cold"]].mean()
         if {"finetune", "scratch"} <= set(mean.index):

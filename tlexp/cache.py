@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,48 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``) on ``path`` for as long as the block runs.
+
+    Parallel sweep jobs (joblib workers, SLURM array tasks on a shared disk) often want the same
+    cache entry at the same moment; the lock makes exactly one of them build it while the others
+    wait and then read it, so a sweep over strategies pretrains each (source, backbone, seed)
+    once. The OS drops the lock if its holder dies. Without ``fcntl`` (Windows) it is a no-op:
+    the rename below still keeps entries whole, only the work may be done twice.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def cached_dir(root: str | Path, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
-    """Return ``(path, hit)`` for the entry ``root/key``, building it with ``build(tmpdir)`` if absent."""
+    """Return ``(path, hit)`` for the entry ``root/key``, building it with ``build(tmpdir)`` if absent.
+
+    A caller that waited on the lock while another process built the entry gets a hit.
+    """
     root = Path(root)
     final = root / key
     if (final / ".complete").exists():
         return final, True
     root.mkdir(parents=True, exist_ok=True)
+    locks = root.parent / ".locks"  # beside the root, so that the root holds only entries
+    locks.mkdir(exist_ok=True)
+    with build_lock(locks / f"{root.name}.{key}.lock"):
+        if (final / ".complete").exists():  # built by whoever held the lock before us
+            return final, True
+        return _build_entry(root, key, final, build)
+
+
+def _build_entry(root: Path, key: str, final: Path, build: Callable[[Path], None]) -> tuple[Path, bool]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         build(tmp)

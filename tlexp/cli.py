@@ -19,6 +19,11 @@ commands:
   data list         the data presets and domains
   data describe     dataset statistics of a scenario (e.g. tlexp data describe data=social)
   ui [--port P]     the MLflow UI on 127.0.0.1 over the same store as tlexp run
+  compare [opts]    table of logged runs: mean ± std over seeds per group, gain over scratch with a
+                    paired t-test (--experiment, --sweep ID|latest, --metric, --by, --csv, --markdown,
+                    --plot out.png; tlexp compare --help)
+  recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv]
+                    top-K unseen items (with titles) per user from a finished run's model
 """
 
 
@@ -64,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "ui":
         return _ui(rest)
+    if cmd == "compare":
+        from tlexp.compare import main as compare_main
+
+        return compare_main(rest)
+    if cmd == "recommend":
+        from tlexp.recommend import main as recommend_main
+
+        return recommend_main(rest)
     if cmd == "data":
         from tlexp.data.cli import main as data_main
 

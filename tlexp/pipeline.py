@@ -8,6 +8,7 @@ module with plain objects in and out. ``run_pipeline`` returns the final metrics
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,17 +38,27 @@ def load_scenario(cfg: DictConfig) -> tuple[Scenario, dict]:
 
 
 def _sweep_id() -> str:
-    """The multirun's id (its sweep folder name), or '' for a single run."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    """The multirun's id (see tlexp.tracking.sweep), or '' for a single run."""
+    from tlexp.tracking.sweep import current_sweep
 
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return Path(hc.sweep.dir).name
-    except (ValueError, ImportError):
-        pass
-    return ""
+    info = current_sweep()
+    return info.sweep_id if info else ""
+
+
+def _log_learning_curves(run: TrackedRun, out_dir: Path, best_epoch: int, title: str) -> None:
+    """Per-epoch train loss and val ndcg of this run, from the store, as ``plots/learning_curves.png``."""
+    from tlexp.plots import learning_curves
+
+    def history(key: str) -> list[float]:
+        points = sorted(run.client.get_metric_history(run.run_id, key), key=lambda m: (m.step, m.timestamp))
+        return [m.value for m in points]
+
+    loss, val = history("train/loss"), history("val/ndcg_at_10")
+    if not loss and not val:
+        return
+    path = learning_curves(loss, val, out_dir / "plots" / "learning_curves.png", title=title,
+                           best_epoch=best_epoch if best_epoch >= 0 else None)
+    run.log_file(path, "plots")
 
 
 def _scenario_stats(s: Scenario) -> dict[str, Any]:
@@ -102,10 +113,16 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                     scenario.source.name, target.name)
     tags = {"strategy": strategy_name, "source": scenario.source.name, "target": target.name,
             "backbone": "popular" if not strategy_cls.trains else backbone_name,
-            "seed": str(cfg.seed), "git_sha": git_sha(cfg.paths.root_dir), "sweep_id": _sweep_id(),
+            "seed": str(cfg.seed), "git_sha": git_sha(cfg.paths.root_dir),
             "scenario_key": scenario.key, "scenario_cache": "hit" if scenario.cache_hit else "miss"}
     run_name = cfg.run_name or f"{strategy_name}-{tags['backbone']}-s{cfg.seed}"
     experiment = cfg.logger.experiment_name or scenario.name
+
+    # In a multirun: sweep_id, sweep_job and mlflow.parentRunId (nested under the sweep's parent run)
+    from tlexp.tracking.store import resolve_tracking_uri
+    from tlexp.tracking.sweep import sweep_tags
+
+    tags.update(sweep_tags(resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_root)))
 
     with TrackedRun(cfg, tags, experiment, run_name) as run:
         run.log_config(cfg)
@@ -138,15 +155,21 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             timings["time/fit_s"] = time.time() - t0
             best_path = fit["best_path"]
             run.set_tags({"best_epoch": fit["best_epoch"]})
+            if cfg.logger.get("learning_curves", True):
+                _log_learning_curves(run, out_dir, fit["best_epoch"], run_name)
             last_step = int(trainer.global_step) + 1
         module.after_fit(ctx)
+        with tempfile.TemporaryDirectory() as tmp:  # e.g. LoRA adapters, reloadable on their own
+            for path in module.backbone.export(Path(tmp)):
+                run.log_file(path, (Path("backbone") / path.parent.relative_to(tmp)).as_posix())
 
         t0 = time.time()
         module.eval()
         with torch.no_grad():
-            score_fn = module.score_fn()
-            val_metrics = evaluate(val_set, score_fn, ks, cfg.eval.batch_size, device=module.device)
-            test_metrics = evaluate(test_set, score_fn, ks, cfg.eval.batch_size, device=module.device)
+            # per split: a sequential backbone reads the train history for val, train + valid for test
+            val_metrics = evaluate(val_set, module.score_fn("val"), ks, cfg.eval.batch_size, device=module.device)
+            test_metrics = evaluate(test_set, module.score_fn("test"), ks, cfg.eval.batch_size,
+                                    device=module.device)
         timings["time/eval_s"] = time.time() - t0
         # The selected model's validation metrics are logged last, so "val/ndcg_at_10" of a finished
         # run is the objective a sweeper should read (never a test metric).

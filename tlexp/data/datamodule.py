@@ -62,3 +62,134 @@ class RecDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(EvalTrigger(), batch_size=1)
+
+
+# ----- sequences, for backbones that read each user's item history (``needs_history = True``) -----
+
+def user_sequences(frames: list, n_users: int) -> list[list[int]]:
+    """Each user's items in time order (stable on ties), from one or more split frames."""
+    import pandas as pd
+
+    frame = pd.concat([f[["user", "item", "timestamp"]] for f in frames], ignore_index=True)
+    frame = frame.sort_values(["user", "timestamp"], kind="stable")
+    seqs: list[list[int]] = [[] for _ in range(n_users)]
+    for u, items in frame.groupby("user", sort=False)["item"]:
+        seqs[int(u)] = items.tolist()
+    return seqs
+
+
+def pad_left(seqs: list[list[int]], length: int, pad: int) -> torch.Tensor:
+    """(len(seqs), length) tensor: the last ``length`` tokens of each sequence, left-padded with ``pad``.
+
+    Left padding keeps each user's most recent item in the last column, which is where a causal
+    model's user representation is read.
+    """
+    out = torch.full((len(seqs), length), pad, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        s = s[-length:]
+        if s:
+            out[r, length - len(s):] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+class SequenceDataset(Dataset):
+    """One training example per user with training history: causal inputs and next-item targets.
+
+    With the user's train sequence ``h`` and a start token, the inputs are ``[BOS] + h`` without its
+    last item and the targets ``h``, both truncated to the last ``max_seq_len`` positions: every
+    position is trained to predict the item that follows it (SASRec's all-positions objective), and
+    the start position learns what a user with no history picks first (cold-start users).
+    Targets are -1 where there is nothing to predict (padding).
+    """
+
+    def __init__(self, data: DomainData, max_seq_len: int, pad: int, bos: int):
+        seqs = [s for s in user_sequences([data.train], data.n_users)]
+        users = [u for u, s in enumerate(seqs) if s]
+        self.users = torch.tensor(users, dtype=torch.long)
+        self.seq = pad_left([[bos] + seqs[u][:-1] for u in users], max_seq_len, pad)
+        self.target = pad_left([seqs[u] for u in users], max_seq_len, -1)
+
+    def __len__(self) -> int:
+        return int(self.users.numel())
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"user": self.users[i], "seq": self.seq[i], "target": self.target[i]}
+
+    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        t = torch.as_tensor(idx)
+        return {"user": self.users[t], "seq": self.seq[t], "target": self.target[t]}
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Random batches of sequences of similar length, so that little compute goes to padding.
+
+    Each epoch: shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut into
+    batches, shuffle the batches. Histories are short and skewed (median ~8, max 50), so random
+    batches would almost always be padded to the full length; bucketed ones are ~4x cheaper. Draws
+    from torch's global generator, so ``seed_everything`` makes it reproducible.
+    """
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, pool: int = 50):
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+
+    def __iter__(self):
+        perm = torch.randperm(self.lengths.numel())
+        batches = []
+        for lo in range(0, perm.numel(), self.batch_size * self.pool):
+            chunk = perm[lo: lo + self.batch_size * self.pool]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[i: i + self.batch_size].tolist() for i in range(0, chunk.numel(), self.batch_size)]
+        for b in torch.randperm(len(batches)).tolist():
+            yield batches[b]
+
+    def __len__(self) -> int:
+        return (self.lengths.numel() + self.batch_size - 1) // self.batch_size
+
+
+def trim_padding(batch: dict[str, torch.Tensor], pad: int) -> dict[str, torch.Tensor]:
+    """Drop the leading columns that are padding in every row (left-padded sequences)."""
+    seq = batch["seq"]
+    real = (seq != pad).any(0)
+    first = int(real.int().argmax()) if bool(real.any()) else seq.shape[1] - 1
+    if first == 0:
+        return batch
+    return {k: (v[:, first:] if v.dim() == 2 else v) for k, v in batch.items()}
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Per-user causal training sequences from ``data.train``; evaluation as in :class:`RecDataModule`."""
+
+    def __init__(self, data: DomainData, max_seq_len: int, pad: int, bos: int, batch_size: int = 256,
+                 num_workers: int = 0):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set = SequenceDataset(data, max_seq_len, pad, bos)
+        self.item_counts = torch.bincount(torch.tensor(data.train["item"].to_numpy(), dtype=torch.long),
+                                          minlength=data.n_items)
+
+    def train_dataloader(self) -> DataLoader:
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed:  # Lightning shards an ordinary shuffled loader across ranks
+            return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=keep_batch,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        lengths = (self.train_set.target >= 0).sum(1)
+        return DataLoader(self.train_set, batch_sampler=BucketBatchSampler(lengths, self.batch_size),
+                          collate_fn=keep_batch, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(EvalTrigger(), batch_size=1)
+
+
+def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int = 1024,
+                   num_workers: int = 0) -> pl.LightningDataModule:
+    """The training data a backbone learns from: user sequences if it reads histories, else pairs.
+
+    A sequential backbone may set its own ``batch_size`` (sequences per batch), since one sequence
+    holds up to ``max_seq_len`` training positions.
+    """
+    if getattr(backbone, "needs_history", False):
+        bs = getattr(backbone, "batch_size", None) or batch_size
+        return SequenceDataModule(data, backbone.max_seq_len, backbone.pad_token, backbone.bos_token,
+                                  int(bs), num_workers)
+    return RecDataModule(data, batch_size, num_workers)

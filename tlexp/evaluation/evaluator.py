@@ -56,6 +56,9 @@ class EvalSet:
     mask: CSR
     n_items: int
     segments: dict[str, np.ndarray] = field(default_factory=dict)
+    # Segments judged against their own held-out items (e.g. only the cold items of a user's test
+    # set); segments absent here use ``truth``.
+    segment_truth: dict[str, CSR] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -72,7 +75,9 @@ def make_eval_set(data: DomainData, split: str) -> EvalSet:
     """Eval set for ``split`` ('valid' or 'test') of a split domain.
 
     Masked items: train items for valid; train + valid items for test (the user's whole known
-    history, as RecBole does). Segments: ``cold`` = the domain's cold-start users, ``warm`` = the rest.
+    history, as RecBole does). Segments: ``cold`` = the domain's cold-start users, ``warm`` = the rest;
+    for test, ``cold_items`` = test interactions whose item never occurs in the training split (the
+    users who have any, judged on those items only): ID models cannot know such items, text models can.
     """
     truth_frame = getattr(data, split)
     history = data.train if split == "valid" else pd.concat([data.train, data.valid])
@@ -82,9 +87,15 @@ def make_eval_set(data: DomainData, split: str) -> EvalSet:
     if data.cold_users.size and split == "test":
         segments["_cold"] = cold
         segments["_warm"] = ~cold
+    segment_truth: dict[str, CSR] = {}
+    if split == "test":
+        cold_rows = truth_frame[~truth_frame["item"].isin(np.unique(data.train["item"].to_numpy()))]
+        if len(cold_rows):
+            segments["_cold_items"] = np.isin(users, cold_rows["user"].to_numpy())
+            segment_truth["_cold_items"] = _csr_for(users, cold_rows)
     return EvalSet(name="val" if split == "valid" else split, users=users,
                    truth=_csr_for(users, truth_frame), mask=_csr_for(users, history),
-                   n_items=data.n_items, segments=segments)
+                   n_items=data.n_items, segments=segments, segment_truth=segment_truth)
 
 
 @dataclass
@@ -93,7 +104,7 @@ class Accumulator:
 
     sums: torch.Tensor       # (n_segments, n_metric_keys)
     counts: torch.Tensor     # (n_segments,)
-    covered: torch.Tensor    # (n_segments, n_ks, n_items) bool as float
+    covered: torch.Tensor    # (n_segments, n_ks, n_items): how often each item was in a top-K list
     keys: list[str]
     segments: list[str]
     ks: list[int]
@@ -105,7 +116,7 @@ class Accumulator:
         a, b = self.sums.numel(), self.counts.numel()
         self.sums = t[:a].view_as(self.sums)
         self.counts = t[a: a + b]
-        self.covered = (t[a + b:].view_as(self.covered) > 0).float()
+        self.covered = t[a + b:].view_as(self.covered)
 
     def result(self, prefix: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -116,7 +127,7 @@ class Accumulator:
             for j, key in enumerate(self.keys):
                 out[f"{prefix}{seg}/{key}"] = float(self.sums[s, j]) / n
             for j, k in enumerate(self.ks):
-                out[f"{prefix}{seg}/coverage_at_{k}"] = float(self.covered[s, j].sum()) / self.covered.shape[-1]
+                out[f"{prefix}{seg}/coverage_at_{k}"] = float((self.covered[s, j] > 0).sum()) / self.covered.shape[-1]
         return out
 
 
@@ -139,27 +150,37 @@ def accumulate(eval_set: EvalSet, score_fn: ScoreFn, ks: list[int], batch_size: 
     counts = torch.zeros(len(seg_names))
     covered = torch.zeros(len(seg_names), len(ks), eval_set.n_items)
     n_truth_all = eval_set.truth.lengths()
+    own_truth = {i: (eval_set.segment_truth[s], eval_set.segment_truth[s].lengths())
+                 for i, s in enumerate(seg_names) if s in eval_set.segment_truth}
+    shared = torch.tensor([i not in own_truth for i in range(len(seg_names))]).float().unsqueeze(1)
     starts = list(range(0, eval_set.n_users, batch_size))[rank::world_size]
     for lo in starts:
         hi = min(lo + batch_size, eval_set.n_users)
         users = torch.from_numpy(eval_set.users[lo:hi]).to(device)
-        scores = score_fn(users).float()
+        scores = score_fn(users).float().contiguous()
+        n = eval_set.n_items
         mr, mi = eval_set.mask.rows(lo, hi)
-        scores[mr.to(device), mi.to(device)] = -torch.inf
+        scores.view(-1)[(mr * n + mi).to(device)] = -torch.inf  # flat index: one cheap scatter
         top = topk_items(scores, max_k).cpu()
-        truth = torch.zeros(hi - lo, eval_set.n_items, dtype=torch.bool)
+        truth = torch.zeros((hi - lo) * n, dtype=torch.bool)
         tr, ti = eval_set.truth.rows(lo, hi)
-        truth[tr, ti] = True
-        hits = truth.gather(1, top)
+        truth[tr * n + ti] = True
+        hits = truth.view(hi - lo, n).gather(1, top)
         values = per_user_metrics(hits, torch.from_numpy(n_truth_all[lo:hi]), ks)
         mat = torch.stack([values[k] for k in keys], dim=1)            # (B, n_keys)
         seg = seg_masks[:, lo:hi]                                       # (S, B)
-        sums += seg @ mat
+        sums += (seg * shared) @ mat
+        for i, (csr, n_truth) in own_truth.items():                     # segments with their own truth
+            truth_i = torch.zeros(hi - lo, eval_set.n_items, dtype=torch.bool)
+            r, c = csr.rows(lo, hi)
+            truth_i[r, c] = True
+            values_i = per_user_metrics(truth_i.gather(1, top), torch.from_numpy(n_truth[lo:hi]), ks)
+            sums[i] += seg[i] @ torch.stack([values_i[k] for k in keys], dim=1)
         counts += seg.sum(1)
-        for j, k in enumerate(ks):
-            for s in range(len(seg_names)):
-                sel = top[seg[s].bool(), :k].flatten()
-                covered[s, j, sel] = 1.0
+        for s in range(len(seg_names)):
+            rows = top[seg[s].bool()]
+            for j, k in enumerate(ks):  # counts (not flags), so that ranks' results simply add up
+                covered[s, j] += torch.bincount(rows[:, :k].flatten(), minlength=n)
     return Accumulator(sums, counts, covered, keys, seg_names, ks)
 
 

@@ -26,11 +26,13 @@ METRICS = ("recall", "ndcg", "hit", "mrr", "precision", "f1")
 def topk_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the top-``k`` items per row: score descending, ties by lower index."""
     k = min(k, scores.shape[1])
-    vals, idx = scores.topk(k, dim=1)
+    extra = 1 if k < scores.shape[1] else 0
+    vals, idx = scores.topk(k + extra, dim=1)
+    # An item tied with the K-th score was left out exactly when the (K+1)-th score equals the K-th:
+    # only those rows need the full repair (one topk of K+1 instead of a pass over all scores).
+    rows = (vals[:, k] == vals[:, k - 1]).nonzero().squeeze(1) if extra else vals.new_zeros(0, dtype=torch.long)
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     kth = vals[:, -1:]
-    # Rows where some item tied with the K-th score was left out: topk may have kept the wrong ones.
-    left_out = (scores == kth).sum(1) != (vals == kth).sum(1)
-    rows = left_out.nonzero().squeeze(1)
     if rows.numel():
         s, t = scores[rows], kth[rows]
         above, eq = s > t, s == t

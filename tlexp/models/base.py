@@ -8,6 +8,8 @@ unless a backbone overrides :meth:`score`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ class Backbone(nn.Module):
     name: str = "backbone"
     n_users: int
     n_items: int
+    needs_history: bool = False  # True: trains on per-user item sequences (see tlexp.data.datamodule)
 
     def user_repr(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, d) representations for ``batch['user']`` (and any extra keys the backbone needs)."""
@@ -36,6 +39,29 @@ class Backbone(nn.Module):
         if items.dim() == users.dim() + 1:
             return (users.unsqueeze(-2) * items).sum(-1)
         return (users * items).sum(-1)
+
+    def training_pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries (P, d), positive items (P,)) a loss trains on.
+
+        ID backbones: one query per (user, item) pair. Sequential backbones override it to return
+        one query per sequence position with the next item as its positive, so that every loss
+        works with every backbone.
+        """
+        return self.user_repr(batch), batch["item"]
+
+    def tracking_info(self) -> dict[str, dict]:
+        """What a run should record about how this backbone was built: ``{"tags": {}, "metrics": {}}``.
+
+        Text backbones report whether item embeddings came from the cache and how long encoding took.
+        """
+        return {"tags": {}, "metrics": {}}
+
+    def export(self, directory: Path) -> list[Path]:
+        """Write parts of the model worth keeping apart from the checkpoint (e.g. LoRA adapters).
+
+        Returns the written paths; the pipeline logs them as run artifacts. Default: nothing.
+        """
+        return []
 
     def transfer_from(self, source: Backbone, user_map: torch.Tensor, item_map: torch.Tensor,
                       init_new_users: str = "mean") -> list[str]:

@@ -21,8 +21,8 @@ class BPRLoss(nn.Module):
         self.num_negatives = num_negatives
 
     def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        u = backbone.user_repr(batch)
-        pos = backbone.item_repr(batch["item"])
+        u, items = backbone.training_pairs(batch)
+        pos = backbone.item_repr(items)
         neg_idx = torch.randint(0, backbone.n_items, (u.shape[0], self.num_negatives), device=u.device)
         neg = backbone.item_repr(neg_idx.flatten()).view(u.shape[0], self.num_negatives, -1)
         s_pos = backbone.score_pairs(u, pos).unsqueeze(1)
@@ -52,8 +52,7 @@ class InBatchSoftmaxLoss(nn.Module):
         self.log_q = (q / q.sum()).log()
 
     def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        u = backbone.user_repr(batch)
-        items = batch["item"]
+        u, items = backbone.training_pairs(batch)
         v = backbone.item_repr(items)
         logits = backbone.score(u, v) / self.temperature
         if self.logq_correction and self.log_q.numel():
@@ -62,3 +61,34 @@ class InBatchSoftmaxLoss(nn.Module):
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, -torch.inf)
         return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
+
+
+class CrossEntropyLoss(nn.Module):
+    """Softmax cross-entropy of each positive against all items, or against sampled negatives.
+
+    ``num_negatives=0``: the full softmax over the catalogue (SASRec/UniSRec fine-tuning's
+    objective; exact, and cheap while ``n_items`` × positions per batch fits in memory).
+    ``num_negatives=N``: sampled softmax against ``N`` items drawn uniformly per batch and shared by
+    all its positions (uniform sampling needs no logQ correction); a sampled item equal to the
+    positive is masked. Use it for large catalogues or when item vectors are expensive (LoRA
+    encoders compute only the items the batch needs).
+    """
+
+    def __init__(self, num_negatives: int = 0, temperature: float = 1.0):
+        super().__init__()
+        self.num_negatives = int(num_negatives)
+        self.temperature = temperature
+
+    def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        q, items = backbone.training_pairs(batch)
+        if self.num_negatives <= 0:
+            logits = backbone.score(q, backbone.item_repr()) / self.temperature
+            return F.cross_entropy(logits, items)
+        neg = torch.randint(0, backbone.n_items, (self.num_negatives,), device=q.device)
+        cand, inverse = torch.unique(torch.cat([items, neg]), return_inverse=True)
+        v = backbone.item_repr(cand)
+        pos_s = backbone.score_pairs(q, v[inverse[: items.numel()]]).unsqueeze(1)
+        neg_s = backbone.score(q, v[inverse[items.numel():]])
+        neg_s = neg_s.masked_fill(neg.unsqueeze(0) == items.unsqueeze(1), -torch.inf)
+        logits = torch.cat([pos_s, neg_s], dim=1) / self.temperature
+        return F.cross_entropy(logits, torch.zeros_like(items))

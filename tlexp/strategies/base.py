@@ -53,9 +53,9 @@ class RecStrategy(pl.LightningModule):
 
     def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
         """Training data for the target stage. Default: the target's (user, item) training pairs."""
-        from tlexp.data.datamodule import RecDataModule
+        from tlexp.data.datamodule import datamodule_for
 
-        return RecDataModule(ctx.target, ctx.cfg.batch_size, ctx.cfg.num_workers)
+        return datamodule_for(ctx.target, self.backbone, ctx.cfg.batch_size, ctx.cfg.num_workers)
 
     def after_fit(self, ctx: RunContext) -> None:
         """After the best checkpoint is restored, before final evaluation. Default: nothing."""
@@ -81,7 +81,12 @@ class RecStrategy(pl.LightningModule):
         from tlexp.evaluation.kshot import gradient_step_adapter, kshot_config
 
         conf = kshot_config(ctx.cfg)
-        return gradient_step_adapter(self.backbone, self.eval_batch, conf.adapt_steps, conf.adapt_lr)
+        return gradient_step_adapter(self.backbone, self.user_vectors, conf.adapt_steps, conf.adapt_lr)
+
+    def user_vectors(self, users: torch.Tensor, split: str = "test") -> torch.Tensor:
+        """(B, d) user representations at evaluation time (strategies that represent cold users
+        differently, e.g. by a mapped source embedding, override this and :meth:`score_fn`)."""
+        return self.backbone.user_repr(self.eval_batch(users, split))
 
     def kshot_metrics(self, ctx: RunContext) -> dict[str, float]:
         """``test_cold_k<k>/<metric>_at_<K>`` for each configured ``k`` (see tlexp/evaluation/kshot.py)."""
@@ -95,14 +100,18 @@ class RecStrategy(pl.LightningModule):
                               device=self.device)
 
     # ----- scoring, shared by validation here and test in the pipeline -----
-    def eval_batch(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch a backbone needs to represent ``users`` at evaluation time."""
-        return {"user": users}
+    def eval_batch(self, users: torch.Tensor, split: str = "test") -> dict[str, Any]:
+        """The batch a backbone needs to represent ``users`` at evaluation time.
 
-    def score_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function users -> (B, n_items) scores, with item representations computed once."""
+        ``split`` says which history a sequential backbone may read: the train sequence for
+        ``"val"``, train + valid for ``"test"`` (never the items being predicted).
+        """
+        return {"user": users, "split": split}
+
+    def score_fn(self, split: str = "test") -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function users -> (B, n_items) scores for ``split``, with item representations computed once."""
         items = self.backbone.item_repr()
-        return lambda users: self.backbone.score(self.backbone.user_repr(self.eval_batch(users)), items)
+        return lambda users: self.backbone.score(self.backbone.user_repr(self.eval_batch(users, split)), items)
 
     # ----- training -----
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -115,7 +124,7 @@ class RecStrategy(pl.LightningModule):
         if self.val_set is None:
             return
         world = self.trainer.world_size if self._trainer is not None else 1
-        self._val_acc = accumulate(self.val_set, self.score_fn(), self.ks, self.eval_batch_size,
+        self._val_acc = accumulate(self.val_set, self.score_fn("val"), self.ks, self.eval_batch_size,
                                    rank=self.global_rank, world_size=world, device=self.device)
 
     def on_validation_epoch_end(self) -> None:

@@ -7,6 +7,7 @@ interrupted is ended as FAILED / KILLED rather than left RUNNING. Artifacts alre
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -60,6 +61,10 @@ class TrackedRun:
             self.client, experiment_name, artifact_location(self.tracking_uri, out_root))
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
+        # Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which also exports
+        # MLFLOW_TRACKING_URI: remembered here, put back on exit, so that a later run in this
+        # process (tests, notebooks, sweeps with the basic launcher) does not log to this store.
+        self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         self.cfg = cfg
         self.status = "RUNNING"
 
@@ -106,6 +111,13 @@ class TrackedRun:
         return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
                             run_id=self.run_id, log_model=False)
 
+    def _restore_tracking_uri(self) -> None:
+        if os.environ.get("MLFLOW_TRACKING_URI") == self._env_uri:
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(self._env_uri)  # None unsets the variable and mlflow's global
+
     # ----- lifecycle -----
     def __enter__(self) -> TrackedRun:
         return self
@@ -123,4 +135,5 @@ class TrackedRun:
                 pass
         self.status = status
         self.client.set_terminated(self.run_id, status=status)
+        self._restore_tracking_uri()
         return False

@@ -1,0 +1,274 @@
+"""Sweeps: joblib multirun nested under one MLflow parent run, the shared pretraining cache, the
+Optuna sweeper, launcher/experiment presets — and `tlexp compare` on the sweep's runs.
+
+The two sweeps run as `tlexp` subprocesses (Hydra owns the process: logging, cwd, singletons),
+once per module, on a tiny world with the debug trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, TINY, mlflow_runs, tiny_cfg
+
+SMALL = [*TINY, "world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2"]
+
+
+def _tlexp(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TLEXP_OUTPUTS": str(out), "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "tlexp.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _uri(out: Path) -> str:
+    return f"sqlite:///{out.resolve() / 'mlflow.db'}"
+
+
+def _split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    is_parent = df.get("tags.tlexp.sweep_parent", pd.Series(index=df.index, dtype=object)).fillna("") == "true"
+    return df[is_parent], df[~is_parent]
+
+
+# --------------------------------------------------------------------------- the cache lock
+def test_cache_lock_makes_concurrent_builders_build_once(tmp_path: Path):
+    """Two processes want the same entry at once: one builds (slowly), the other waits and hits."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from tlexp.cache import cached_dir
+        def build(p):
+            with open({str(tmp_path / 'builds.txt')!r}, 'a') as f:
+                f.write('built\\n')
+            time.sleep(1.5)
+            (p / 'x').write_text('payload')
+        path, hit = cached_dir({str(tmp_path / 'cache' / 'pretrain')!r}, 'k1', build)
+        print('hit' if hit else 'miss', (path / 'x').read_text())
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["hit payload", "miss payload"]
+    assert (tmp_path / "builds.txt").read_text().count("built") == 1
+    assert sorted(p.name for p in (tmp_path / "cache" / "pretrain").iterdir()) == ["k1"]  # locks live elsewhere
+
+
+# --------------------------------------------------------------------------- joblib multirun
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("joblib") / "outputs"
+    proc = _tlexp(out, "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                  "strategy=scratch,finetune", "seed=0,1,2", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_joblib_multirun_leaves_six_children_under_one_parent(joblib_sweep):
+    out, proc = joblib_sweep
+    assert "database is locked" not in proc.stdout + proc.stderr
+    parents, kids = _split(mlflow_runs(_uri(out)))
+    assert len(parents) == 1 and len(kids) == 6
+    parent = parents.iloc[0]
+    assert parent["status"] == "FINISHED" and parent["tags.sweep.jobs"] == "6" and parent["tags.sweep.finished"] == "6"
+    assert (kids["status"] == "FINISHED").all()
+    assert (kids["tags.mlflow.parentRunId"] == parent["run_id"]).all()
+    assert (kids["tags.sweep_id"] == parent["tags.sweep_id"]).all() and parent["tags.sweep_id"]
+    assert (kids["experiment_id"] == parent["experiment_id"]).all()
+    # no lost or duplicated job: each (strategy, seed) exactly once, job numbers 0..5
+    pairs = sorted(zip(kids["tags.strategy"], kids["tags.seed"], strict=True))
+    assert pairs == sorted(product(["finetune", "scratch"], ["0", "1", "2"]))
+    assert sorted(kids["tags.sweep_job"].astype(int)) == list(range(6))
+    assert f"compare: tlexp compare --sweep {parent['tags.sweep_id']}" in proc.stdout
+    sweep_file = json.loads(next((out / "multirun").rglob("tlexp_sweep.json")).read_text())
+    assert sweep_file["parent_run_id"] == parent["run_id"]
+
+
+def test_sweep_pretrains_once_per_seed(joblib_sweep):
+    out, _ = joblib_sweep
+    _, kids = _split(mlflow_runs(_uri(out)))
+    fine = kids[kids["tags.strategy"] == "finetune"]
+    assert sorted(fine["tags.pretrain_cache"]) == ["miss"] * 3
+    assert fine.groupby("tags.seed")["tags.pretrain_key"].nunique().eq(1).all()
+    assert fine["tags.pretrain_key"].nunique() == 3
+    entries = [p.name for p in (out / "cache" / "pretrain").iterdir() if not p.name.startswith(".")]
+    assert sorted(entries) == sorted(fine["tags.pretrain_key"])
+    assert kids.loc[kids["tags.strategy"] == "scratch", "tags.pretrain_cache"].isna().all()
+
+
+def test_learning_curves_are_an_artifact_of_each_trained_run(joblib_sweep):
+    from mlflow.tracking import MlflowClient
+
+    out, _ = joblib_sweep
+    _, kids = _split(mlflow_runs(_uri(out)))
+    client = MlflowClient(_uri(out))
+    for rid in kids["run_id"]:
+        arts = [a.path for a in client.list_artifacts(rid, "plots")]
+        assert arts == ["plots/learning_curves.png"], rid
+    png = Path(client.download_artifacts(kids["run_id"].iloc[0], "plots/learning_curves.png")).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_compare_on_the_sweep_equals_pandas(joblib_sweep, tmp_path: Path, capsys, monkeypatch):
+    """`tlexp compare` numbers = pandas on mlflow.search_runs of the same runs; the plot is a real PNG."""
+    from scipy import stats
+
+    from tlexp.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over --outputs
+
+    out, _ = joblib_sweep
+    plot, csv = tmp_path / "cmp.png", tmp_path / "cmp.csv"
+    rc = main(["compare", "--outputs", str(out), "--sweep", "latest", "--metric", "test_cold/ndcg_at_10",
+               "--csv", str(csv), "--plot", str(plot)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "finetune" in printed and "scratch" in printed and "baseline" in printed
+    table = pd.read_csv(csv).set_index("strategy")
+    _, kids = _split(mlflow_runs(_uri(out)))
+    for col in ("test/ndcg_at_10", "test_warm/ndcg_at_10", "test_cold/ndcg_at_10"):
+        agg = kids.groupby("tags.strategy")[f"metrics.{col}"].agg(["mean", "std"])
+        for s in ("finetune", "scratch"):
+            assert table.loc[s, f"{col} mean"] == pytest.approx(agg.loc[s, "mean"], abs=1e-12)
+            assert table.loc[s, f"{col} std"] == pytest.approx(agg.loc[s, "std"], abs=1e-12)
+    assert table["n"].tolist() == [3, 3]
+    wide = kids.pivot(index="tags.seed", columns="tags.strategy", values="metrics.test_cold/ndcg_at_10")
+    ref = stats.ttest_rel(wide["finetune"], wide["scratch"]).pvalue
+    assert table.loc["finetune", "p_value"] == pytest.approx(ref, rel=1e-9)
+    gain = (wide["finetune"].mean() / wide["scratch"].mean() - 1) * 100
+    assert table.loc["finetune", "gain_pct"] == pytest.approx(gain)
+    png = plot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+# --------------------------------------------------------------------------- Optuna
+@pytest.fixture(scope="module")
+def optuna_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("optuna") / "outputs"
+    proc = _tlexp(out, "run", "-m", "hparams_search=finetune_optuna",
+                  *SMALL, "trainer.max_epochs=1", "pretrain.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_optuna_sweep_optimises_validation_ndcg_and_tags_the_best_trial(optuna_sweep):
+    from mlflow.tracking import MlflowClient
+
+    out, proc = optuna_sweep
+    parents, kids = _split(mlflow_runs(_uri(out)))
+    assert len(parents) == 1 and len(kids) == 6 and (kids["status"] == "FINISHED").all()
+    parent = parents.iloc[0]
+    assert parent["tags.optuna.objective"] == "val/ndcg_at_10" and parent["tags.optuna.n_trials"] == "6"
+    # every trial's objective value is its run's val/ndcg_at_10 (never the test metric)
+    client = MlflowClient(_uri(out))
+    history = {m.step: m.value for m in client.get_metric_history(parent["run_id"], "optuna/value")}
+    kids = kids.assign(job=kids["tags.sweep_job"].astype(int)).set_index("job").sort_index()
+    assert sorted(history) == list(range(6))
+    for job, value in history.items():
+        assert value == pytest.approx(kids.loc[job, "metrics.val/ndcg_at_10"], abs=1e-12)
+    assert [history[j] for j in range(6)] != pytest.approx(kids["metrics.test/ndcg_at_10"].tolist())
+    best_job = int(kids["metrics.val/ndcg_at_10"].idxmax())
+    best = kids.loc[best_job]
+    assert parent["tags.optuna.best_job"] == str(best_job)
+    assert float(parent["tags.optuna.best_value"]) == pytest.approx(best["metrics.val/ndcg_at_10"], abs=1e-12)
+    assert parent["tags.optuna.best_run_id"] == best["run_id"] and best["tags.optuna.best"] == "true"
+    assert (kids["tags.optuna.best"].fillna("") == "true").sum() == 1
+    best_params = json.loads(parent["tags.optuna.best_params"])
+    assert set(best_params) == {"strategy.transfer_lr_scale", "strategy.init_new_users",
+                                "strategy.carry_user_embeddings"}
+    assert float(best["params.strategy.transfer_lr_scale"]) == pytest.approx(best_params["strategy.transfer_lr_scale"])
+    assert best["params.strategy.init_new_users"] == best_params["strategy.init_new_users"]
+    assert parent["params.best.strategy.init_new_users"] == best_params["strategy.init_new_users"]
+    # printed, and written next to the sweep
+    assert f"Optuna best trial #{best_job} (job {best_job}): val/ndcg_at_10 = " in proc.stdout
+    res = yaml.safe_load(next((out / "multirun").rglob("optimization_results.yaml")).read_text())
+    assert res["best_value"] == pytest.approx(best["metrics.val/ndcg_at_10"]) and res["n_trials"] == 6
+    # the trials differ in transfer settings only, so they share one source pretraining
+    assert sorted(kids["tags.pretrain_cache"]) == ["hit"] * 5 + ["miss"]
+    assert kids["params.strategy.transfer_lr_scale"].nunique() == 6
+
+
+def test_optuna_search_space_parsing():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.tlexp_optuna_sweeper.optuna_sweeper import search_space
+
+    space, fixed = search_space(["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "a=choice(x, y)",
+                                 "b=range(1, 5)", "c=interval(0, 10)", "d=tag(log, int(interval(1, 64)))",
+                                 "seed=3", "a=y"])
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert space["b"] == IntDistribution(1, 4)  # Hydra's range excludes its end
+    assert space["c"] == FloatDistribution(0.0, 10.0)  # Hydra's interval is float unless cast with int()
+    assert space["d"] == IntDistribution(1, 64, log=True)
+    assert "a" not in space and fixed == {"seed": "3", "a": "y"}  # a fixed value wins over a dimension
+    space, _ = search_space(["a=choice(mean, random)"])
+    assert space["a"] == CategoricalDistribution(["mean", "random"])
+
+
+# --------------------------------------------------------------------------- parent-run lifecycle
+def test_a_sweep_that_dies_ends_its_parent_failed(outputs: Path):
+    """Hydra skips on_multirun_end when a job raises; the atexit hook must not leave a RUNNING parent."""
+    from mlflow.tracking import MlflowClient
+
+    from tlexp.tracking import sweep
+
+    cfg = tiny_cfg(outputs)
+    info = sweep.start_parent_run(cfg, outputs / "multirun" / "2030-01-01" / "00-00-00")
+    sweep._OPEN[info.sweep_id] = info
+    client = MlflowClient(info.tracking_uri)
+    kid = client.create_run(info.experiment_id,
+                            tags={"sweep_id": info.sweep_id, "mlflow.parentRunId": info.parent_run_id})
+    client.set_terminated(kid.info.run_id, "FAILED")
+    assert client.get_run(info.parent_run_id).info.status == "RUNNING"
+    sweep._end_open_parents()
+    parent = client.get_run(info.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.failed"] == "1"
+    assert parent.data.tags["sweep.jobs"] == "1" and info.sweep_id.startswith("2030-01-01_00-00-00-")
+    assert sweep.read_sweep_file(Path(info.sweep_dir)).parent_run_id == info.parent_run_id
+    assert sweep.current_sweep() is None  # not inside a Hydra job: single-run behaviour
+
+
+# --------------------------------------------------------------------------- presets
+def test_launcher_presets_compose():
+    from tlexp.config import compose
+
+    par = compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
+    assert par._target_.endswith("JoblibLauncher") and par.n_jobs == 2
+    slurm = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True).hydra.launcher
+    assert slurm._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert slurm.partition == "gpu" and slurm.timeout_min > 0
+    ray = compose(["hydra/launcher=ray_cluster"], return_hydra_config=True).hydra.launcher
+    assert ray._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher" and "address" in ray.ray.init
+    cb = compose([], return_hydra_config=True).hydra.callbacks
+    assert cb.mlflow_sweep._target_ == "tlexp.tracking.sweep.MlflowSweepCallback"
+
+
+def test_strategy_benchmark_runs_every_strategy_times_three_seeds():
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from tlexp.config import compose, config_dir
+
+    cfg = compose(["experiment=strategy_benchmark", "data=ecommerce"], return_hydra_config=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.launcher.n_jobs == 2
+    assert cfg.target.name == "ecommerce"
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    jobs = BasicSweeper.split_arguments(OverridesParser.create(config_loader=loader).parse_overrides(params), None)[0]
+    strategies = sorted(p.stem for p in (config_dir() / "strategy").glob("*.yaml"))
+    assert len(strategies) >= 3 and len(jobs) == 3 * len(strategies)
+    got = sorted((dict(o.split("=", 1) for o in job)["strategy"], dict(o.split("=", 1) for o in job)["seed"])
+                 for job in jobs)
+    assert got == sorted(product(strategies, ["0", "1", "2"]))
+    assert np.unique([s for s, _ in got]).tolist() == strategies

