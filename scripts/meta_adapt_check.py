@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="scenario preset (default: the suite's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", default=None, help="a subset of the suite's run labels")
-    parser.add_argument("--csv", default=None, help="also write the per-run rows to this CSV file")
+    parser.add_argument("--csv", default=None,
+                        help="per-run rows go to this CSV file as they finish; runs already in it are not repeated")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -90,8 +91,12 @@ def main() -> None:
     labels = args.only or list(suite["runs"])
     out_root = os.environ.get("TLEXP_OUTPUTS", "outputs")
     rows = []
+    if args.csv and os.path.exists(args.csv):
+        rows = pd.read_csv(args.csv).to_dict("records")
     for label in labels:
         for seed in args.seeds:
+            if any(r["data"] == data and r["run"] == label and int(r["seed"]) == seed for r in rows):
+                continue
             cfg = compose([f"data={data}", *suite["runs"][label], f"seed={seed}",
                            "trainer.enable_progress_bar=false", "logger.predictions_sample=0",
                            f"paths.output_dir={out_root}/check/{args.suite}-{data}-{label}-{seed}", *args.overrides])
@@ -104,12 +109,13 @@ def main() -> None:
                 row["domain_acc_first"], row["domain_acc_best"], row["best_epoch"] = \
                     domain_acc_history(res["tracking_uri"], res["run_id"])
             rows.append(row)
+            if args.csv:
+                pd.DataFrame(rows).to_csv(args.csv, index=False)
             print(f"{data} {label:16s} seed {seed}: " + "  ".join(
                 f"{k}={row[k]:.4f}" for k in suite["metrics"] + (["domain_acc_first", "domain_acc_best"]
                                                                  if args.suite == "overlap" else [])), flush=True)
     df = pd.DataFrame(rows)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
+    df = df[(df.data == data) & df.run.isin(labels) & df.seed.isin(args.seeds)]
     cols = [c for c in df.columns if c not in ("data", "run", "seed", "run_id")]
     agg = df.groupby("run", sort=False)[cols].agg(["mean", "std"])
     pd.set_option("display.width", 250)
