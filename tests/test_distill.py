@@ -242,7 +242,7 @@ def test_teacher_runs_once_per_step_and_items_never(outputs: Path, cache: Path):
     assert all(p.grad is None for p in module.teacher.parameters())  # frozen
     # the precomputed top items are unseen by the user in training
     train = scenario.target.train
-    seen = set(zip(train["user"].tolist(), train["item"].tolist()))
+    seen = set(zip(train["user"].tolist(), train["item"].tolist(), strict=True))
     top = module.teacher_top
     assert top.shape == (scenario.target.n_users, 10)
     assert not any((u, int(i)) in seen for u in range(50) for i in top[u])

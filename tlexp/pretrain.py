@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tlexp.cache import cached_dir, stable_hash
-from tlexp.data.datamodule import RecDataModule, datamodule_for
+from tlexp.data.datamodule import datamodule_for
 from tlexp.data.scenario import DomainData
 from tlexp.evaluation.evaluator import make_eval_set
 from tlexp.models.base import Backbone

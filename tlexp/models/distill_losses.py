@@ -184,7 +184,8 @@ class HintTerm(DistillTerm):
         if bad or not self.sides:
             from tlexp.errors import ConfigError
 
-            raise ConfigError(f"strategy.losses.hint.sides must be a non-empty subset of [user, item], got {self.sides}")
+            raise ConfigError("strategy.losses.hint.sides must be a non-empty subset of [user, item], "
+                              f"got {self.sides}")
         self.needs_items = "item" in self.sides
         self.proj = nn.ModuleDict()
 

@@ -64,7 +64,8 @@ class Adapt(FineTune):
     def __init__(self, *args: Any, method: str = "dann", weight: float = 0.1,
                  align_on: Sequence[str] = ("user", "item"),
                  init: str = "pretrained", warmup_epochs: int = 10, gamma: float = 10.0,
-                 classifier_hidden: Sequence[int] = (64,), source_batch_size: int | None = None, **kwargs: Any):
+                 classifier_hidden: Sequence[int] = (64,), source_batch_size: int | None = None,
+                 align_batch: int | None = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if method not in METHODS:
             raise ConfigError(f"adapt.method '{method}' is unknown; use one of {list(METHODS)}")
@@ -77,6 +78,7 @@ class Adapt(FineTune):
         self.warmup_epochs, self.gamma = int(warmup_epochs), float(gamma)
         self.classifier_hidden = list(classifier_hidden)
         self.source_batch_size = source_batch_size
+        self.align_batch = int(align_batch) if align_batch else None
         self.classifiers = nn.ModuleDict()
         self.source_pairs: PairDataset | None = None
         self.register_buffer("src_user", torch.zeros(0), persistent=False)
@@ -113,10 +115,17 @@ class Adapt(FineTune):
         return dann_lambda(self.global_step / max(per_epoch * self.warmup_epochs, 1), self.gamma)
 
     def representations(self, kind: str, target: dict, source: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source rows, target rows) of one representation kind for this pair of batches."""
+        """(source rows, target rows) of one representation kind for this pair of batches.
+
+        Only the first ``align_batch`` rows of each (shuffled) batch are compared: MMD's kernel
+        matrix grows with the square of the rows, and a few hundred rows estimate it well.
+        """
+        n = self.align_batch
+        src = {k: v[:n] for k, v in source.items()} if n else source
+        tgt = {k: v[:n] if torch.is_tensor(v) and v.dim() else v for k, v in target.items()} if n else target
         if kind == "user":
-            return self.src_user[source["user"]], self.backbone.user_repr(target)
-        return self.src_item[source["item"]], self.backbone.item_repr(target["item"])
+            return self.src_user[src["user"]], self.backbone.user_repr(tgt)
+        return self.src_item[src["item"]], self.backbone.item_repr(tgt["item"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         target, source = batch["target"], batch["source"]

@@ -65,7 +65,7 @@ def top_unseen(backbone: Backbone, users: torch.Tensor, seen_user: torch.Tensor,
         left = torch.searchsorted(su, u)
         right = torch.searchsorted(su, u, right=True)
         rows = torch.repeat_interleave(torch.arange(u.numel()), right - left)
-        idx = torch.cat([torch.arange(a, b) for a, b in zip(left.tolist(), right.tolist())]) \
+        idx = torch.cat([torch.arange(a, b) for a, b in zip(left.tolist(), right.tolist(), strict=True)]) \
             if rows.numel() else torch.zeros(0, dtype=torch.long)
         scores[rows, si[idx]] = -torch.inf
         top = topk_items(scores, k)

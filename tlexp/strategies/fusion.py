@@ -88,7 +88,8 @@ class FusionHead(nn.Module):
     def source_reprs(self, users: torch.Tensor) -> torch.Tensor:
         """(B, S, d) adapted source representations, zero where a source does not know the user."""
         have = self.have[users]
-        return torch.stack([a(t[users]) for a, t in zip(self.adapters, self.tables)], 1) * have.unsqueeze(-1)
+        reps = [a(t[users]) for a, t in zip(self.adapters, self.tables, strict=True)]
+        return torch.stack(reps, 1) * have.unsqueeze(-1)
 
     def weights(self, users: torch.Tensor) -> torch.Tensor:
         """(B, S) how much each source contributes to each user (weighted: α; gate: per-user gate)."""
@@ -272,7 +273,8 @@ class Fusion(RecStrategy):
         return groups
 
     # ----- scoring -----
-    def score_fn(self, split: str = "test", weights: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def score_fn(self, split: str = "test",
+                 weights: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.mode != "ensemble":
             return super().score_fn(split)
         members = self.all_members()
@@ -281,11 +283,24 @@ class Fusion(RecStrategy):
 
         def score(users: torch.Tensor) -> torch.Tensor:
             out = None
-            for m, it, wm in zip(members, items, w):
+            for m, it, wm in zip(members, items, w, strict=True):
                 z = standardise(m.score(m.user_repr(self.eval_batch(users, split)), it)) * wm
                 out = z if out is None else out + z
             return out
         return score
+
+    def kshot_adapter(self, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Ensemble: every member adapts on the support as the baseline does; their z-scores are weighted."""
+        if self.mode != "ensemble":
+            return super().kshot_adapter(ctx)
+        from tlexp.evaluation.kshot import gradient_step_adapter, kshot_config
+
+        conf = kshot_config(ctx.cfg)
+        adapters = [gradient_step_adapter(m, lambda u, m=m: m.user_repr(self.eval_batch(u, "test")),
+                                          conf.adapt_steps, conf.adapt_lr) for m in self.all_members()]
+        weights = self.ens_weights.tolist()
+        pairs = list(zip(adapters, weights, strict=True))
+        return lambda users, support: sum(w * standardise(a(users, support)) for a, w in pairs)
 
     def after_fit(self, ctx: RunContext) -> None:
         """Ensemble: fit the per-source weights on the validation split (best ``eval.monitor``)."""
@@ -311,10 +326,10 @@ class Fusion(RecStrategy):
     def source_weights(self, ctx: RunContext) -> dict[str, float]:
         names = self.used_sources
         if self.mode == "ensemble":
-            return {f"fusion/weight_{n}": float(w) for n, w in zip(names, self.ens_weights.tolist())}
+            return {f"fusion/weight_{n}": float(w) for n, w in zip(names, self.ens_weights.tolist(), strict=True)}
         if self.mode == "weighted":
             alpha = F.softmax(self.backbone.head.logits.detach().cpu(), 0)
-            return {f"fusion/weight_{n}": float(a) for n, a in zip(names, alpha)}
+            return {f"fusion/weight_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
         if self.mode == "gate":
             head = self.backbone.head
             users = torch.arange(ctx.target.n_users, device=self.device)
