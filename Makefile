@@ -18,7 +18,7 @@ run:
 	$(BIN)/tlexp run
 
 test:
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 --durations=15
 
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=600

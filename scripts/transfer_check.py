@@ -23,6 +23,9 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["popular", "scratch", "finetune"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--metric", default="ndcg_at_10")
+    parser.add_argument("--csv", default=None,
+                        help="per-run rows go to this CSV as they finish; (data, strategy, seed) rows already "
+                             "there are not run again, so an interrupted check resumes")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -32,21 +35,27 @@ def main() -> None:
     from tlexp.pipeline import run_pipeline
 
     out_root = os.environ.get("TLEXP_OUTPUTS", "outputs")
-    rows = []
+    segs = ("test", "test_warm", "test_cold")
+    rows = pd.read_csv(args.csv).to_dict("records") if args.csv and os.path.exists(args.csv) else []
     for data in args.data:
         for strategy in args.strategies:
             for seed in args.seeds:
+                if any(r["data"] == data and r["strategy"] == strategy and int(r["seed"]) == seed for r in rows):
+                    continue
                 cfg = compose([f"data={data}", f"strategy={strategy}", f"seed={seed}",
                                "trainer.enable_progress_bar=false", "logger.predictions_sample=0",
                                f"paths.output_dir={out_root}/check/{data}-{strategy}-{seed}", *args.overrides])
                 res = run_pipeline(cfg)
                 m = res["metrics"]
                 rows.append({"data": data, "strategy": strategy, "seed": seed, "run_id": res["run_id"],
-                             **{seg: m.get(f"{seg}/{args.metric}") for seg in ("test", "test_warm", "test_cold")},
+                             **{seg: m.get(f"{seg}/{args.metric}", float("nan")) for seg in segs},
                              "seconds": res["timings"]["time/total_s"]})
+                if args.csv:
+                    pd.DataFrame(rows).to_csv(args.csv, index=False)
                 print(f"{data:10s} {strategy:9s} seed {seed}: " + "  ".join(
-                    f"{seg}={rows[-1][seg]:.4f}" for seg in ("test", "test_warm", "test_cold")), flush=True)
+                    f"{seg}={rows[-1][seg]:.4f}" for seg in segs), flush=True)
     df = pd.DataFrame(rows)
+    df = df[df.data.isin(args.data) & df.strategy.isin(args.strategies) & df.seed.isin(args.seeds)]
     print(f"\n{args.metric}, mean ± std over seeds {args.seeds}:\n")
     print("| data | strategy | test | test_warm | test_cold | s/run |\n|---|---|---|---|---|---|")
     for (data, strategy), g in df.groupby(["data", "strategy"], sort=False):

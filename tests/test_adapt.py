@@ -75,6 +75,10 @@ def test_coral_matches_known_covariances():
     expected = ((torch.eye(d, dtype=torch.float64) - a @ a.T) ** 2).sum() / (4 * d * d)
     assert float(coral(white, target)) == pytest.approx(float(expected), rel=1e-9)
     assert float(coral(white, white + 5.0)) == pytest.approx(0.0, abs=1e-12)  # a shift is not a covariance change
+    # scale-free: the same mismatch at 1/10 the scale keeps its value (the textbook one shrinks 10^4-fold)
+    small_s, small_t = white / 10, target / 10
+    assert float(coral(small_s, small_t)) == pytest.approx(float(expected) / 1e4, rel=1e-9)
+    assert float(coral(small_s, small_t, scale_free=True)) == pytest.approx(float(expected), rel=1e-9)
 
 
 def test_adapt_logs_domain_accuracy_and_alignment_loss_per_epoch(outputs: Path):

@@ -11,7 +11,7 @@ import torch
 from conftest import mlflow_runs, tiny_cfg
 from test_text_encoder import tiny_encoder  # noqa: F401  (session fixture: a tiny random BERT on disk)
 
-from tlexp.data.datamodule import SequenceDataset, datamodule_for, pad_left, trim_padding
+from tlexp.data.datamodule import SequenceDataset, datamodule_for, trim_padding
 from tlexp.data.scenario import DomainData
 from tlexp.evaluation.evaluator import evaluate, make_eval_set
 from tlexp.models.losses import BPRLoss, CrossEntropyLoss
@@ -197,7 +197,7 @@ def test_text_seq_scores_items_it_never_saw(tiny_encoder: Path, tmp_path: Path):
     assert len(moved) == len(list(tgt.named_parameters()))
     src.eval()
     tgt.eval()
-    for (n, p), (_, q) in zip(src.named_parameters(), tgt.named_parameters()):
+    for (n, p), (_, q) in zip(src.named_parameters(), tgt.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=n)
     scores = tgt.score(tgt.user_repr({"user": torch.arange(5), "split": "test"}), tgt.item_repr())
     assert scores.shape == (5, 9) and torch.isfinite(scores).all()

@@ -113,7 +113,7 @@ def test_training_items_are_never_recommended():
     from tlexp.evaluation.evaluator import top_items
 
     top = top_items(es, lambda users: s[users].clone(), es.users, 5)
-    for u, row in zip(es.users, top):
+    for u, row in zip(es.users, top, strict=True):
         assert not set(row.tolist()) & set(hist.loc[hist.user == u, "item"])
 
 

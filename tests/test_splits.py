@@ -25,7 +25,7 @@ def scenario(tmp_path_factory):
 
 
 def pairs(df: pd.DataFrame) -> set[tuple[int, int]]:
-    return set(zip(df["user"].tolist(), df["item"].tolist()))
+    return set(zip(df["user"].tolist(), df["item"].tolist(), strict=True))
 
 
 def test_no_valid_or_test_interaction_in_training(scenario):

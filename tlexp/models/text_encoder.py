@@ -106,7 +106,7 @@ def item_texts(item_info: pd.DataFrame) -> list[str]:
     """One string per item: its text (title), then its category unless the text already holds it."""
     texts = item_info["text"].fillna("").astype(str).tolist()
     cats = item_info["category"].fillna("").astype(str).tolist()
-    return [t if (not c or c in t) else (f"{t}. {c}" if t else c) for t, c in zip(texts, cats)]
+    return [t if (not c or c in t) else (f"{t}. {c}" if t else c) for t, c in zip(texts, cats, strict=True)]
 
 
 def texts_hash(texts: list[str]) -> str:

@@ -47,7 +47,8 @@ class TextSeq(SequentialBackbone):
         tower = getattr(source, "item_tower", None)
         if tower is None or tower.encoder is not None or self.item_tower.encoder is not None:
             return None
-        if tower.encoder_name != self.item_tower.encoder_name or tower.text_emb.shape[1] != self.item_tower.text_emb.shape[1]:
+        mine = self.item_tower
+        if tower.encoder_name != mine.encoder_name or tower.text_emb.shape[1] != mine.text_emb.shape[1]:
             return None
         return tower.text_emb
 

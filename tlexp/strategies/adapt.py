@@ -39,6 +39,9 @@ from tlexp.strategies.alignment import DomainClassifier, coral, dann_lambda, dom
 from tlexp.strategies.finetune import FineTune
 
 METHODS = ("dann", "mmd", "coral", "none")
+# adapt.weight=null takes the method's weight: the best of {0.1, 0.3, 1} on data=low_overlap, seed 0
+# (docs/meta_adapt_emcdr.md). The losses live on different scales, so one shared number cannot fit all.
+DEFAULT_WEIGHTS = {"dann": 0.3, "mmd": 0.1, "coral": 1.0, "none": 0.0}
 KINDS = ("user", "item")
 
 
@@ -61,10 +64,10 @@ class AdaptDataModule(pl.LightningDataModule):
 class Adapt(FineTune):
     """Target training plus a source/target representation alignment loss."""
 
-    def __init__(self, *args: Any, method: str = "dann", weight: float = 0.1,
+    def __init__(self, *args: Any, method: str = "dann", weight: float | None = None,
                  align_on: Sequence[str] = ("user", "item"),
                  init: str = "pretrained", warmup_epochs: int = 10, gamma: float = 10.0,
-                 classifier_hidden: Sequence[int] = (64,), source_batch_size: int | None = None,
+                 classifier_hidden: Sequence[int] = (), source_batch_size: int | None = None,
                  align_batch: int | None = 256, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if method not in METHODS:
@@ -74,6 +77,7 @@ class Adapt(FineTune):
             raise ConfigError(f"adapt.align_on {list(align_on)}: use a non-empty subset of {list(KINDS)}")
         if init not in ("pretrained", "scratch"):
             raise ConfigError(f"adapt.init '{init}' is unknown; use pretrained or scratch")
+        weight = DEFAULT_WEIGHTS[method] if weight is None else weight
         self.method, self.weight, self.align_on, self.init = method, float(weight), list(align_on), init
         self.warmup_epochs, self.gamma = int(warmup_epochs), float(gamma)
         self.classifier_hidden = list(classifier_hidden)
@@ -103,7 +107,8 @@ class Adapt(FineTune):
             self.classifiers[kind] = DomainClassifier(dim, self.classifier_hidden)
         self.source_pairs = PairDataset(torch.tensor(src.train["user"].to_numpy()),
                                         torch.tensor(src.train["item"].to_numpy()))
-        ctx.log_params({"transfer.moved": ",".join(moved), "adapt.source_pairs": len(self.source_pairs)})
+        ctx.log_params({"transfer.moved": ",".join(moved), "adapt.source_pairs": len(self.source_pairs),
+                        "adapt.weight_used": self.weight})
 
     def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
         target = datamodule_for(ctx.target, self.backbone, ctx.cfg.batch_size, ctx.cfg.num_workers)
@@ -143,7 +148,7 @@ class Adapt(FineTune):
                 if self.method == "mmd":
                     align = align + mmd(s, t)
                 elif self.method == "coral":
-                    align = align + coral(s, t)
+                    align = align + coral(s, t, scale_free=True)
                 loss, acc = domain_adversarial_loss(self.classifiers[kind], s.detach(), t.detach(), 0.0)
                 probe = probe + loss
             accs.append(acc)
