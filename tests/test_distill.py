@@ -259,6 +259,9 @@ def test_backbones_by_name_and_unknown_names(outputs: Path):
     node = ctx.backbone_config("two_tower_small")
     assert node.dim == 16 and node._target_ == "tlexp.models.two_tower.TwoTower"  # its defaults were composed
     assert ctx.backbone_config(cfg.strategy.teacher.backbone).dim == 128
+    # a text backbone overrides another group in its defaults (loss); by name it still composes
+    text = ctx.backbone_config("text_seq")
+    assert text._target_ == "tlexp.models.text_seq.TextSeq" and text.encoder.mode == "frozen"
     with pytest.raises(ConfigError, match="two_tower_large"):
         ctx.backbone_config("no_such_backbone")
 

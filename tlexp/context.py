@@ -118,11 +118,16 @@ class RunContext:
             choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
             raise ConfigError(f"no {group} config named '{name}' in {config_dir() / group}; choose one of {choices}")
         register_resolvers()
+        # A backbone file is a `_global_` package that may override other groups (text_seq sets
+        # `override /loss: sampled_ce`), which only composes inside the primary config's defaults
+        # list; compose that with the one choice and take the group's node.
+        kwargs = ({"config_name": "config", "overrides": [f"{group}={name}"]} if group == "backbone"
+                  else {"config_name": f"{group}/{name}"})
         if GlobalHydra.instance().is_initialized():  # inside `tlexp run`: Hydra already knows conf/
-            composed = compose(config_name=f"{group}/{name}")
+            composed = compose(**kwargs)
         else:
             with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-                composed = compose(config_name=f"{group}/{name}")
+                composed = compose(**kwargs)
         node = composed[group] if group in composed else composed
         host = copy.deepcopy(self.cfg)
         with open_dict(host):
