@@ -306,3 +306,13 @@ def test_text_two_tower_lora_logs_counts_and_adapter(outputs: Path, tiny_encoder
     enc = {"name_or_path": str(tiny_encoder), "mode": "lora", "max_length": 12, "adapter_path": local}
     tower = TextItemTower(["a pen", "an easel"], enc, 16, None)
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in tower.encoder.named_parameters())
+
+
+def test_sasrec_sets_its_own_early_stopping_patience_and_the_command_line_still_wins():
+    """SASRec's validation curve dips after epoch 0 (docs/backbones.md); its config raises patience."""
+    from tlexp.config import compose
+
+    cfg = compose(["backbone=sasrec"])
+    assert cfg.callbacks.early_stopping.patience == 10 and cfg.pretrain.patience == 10
+    assert compose(["backbone=sasrec", "callbacks.early_stopping.patience=4"]).callbacks.early_stopping.patience == 4
+    assert compose([]).callbacks.early_stopping.patience == 3  # other backbones keep the default
