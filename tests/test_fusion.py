@@ -76,10 +76,13 @@ def test_ensemble_of_one_source_is_finetune_from_it(outputs: Path, cache: Path):
     """The fair single-source baseline on the same target split is fusion's ensemble of one source."""
     from tlexp.pipeline import run_pipeline
 
-    ft = run_pipeline(cfg_for(outputs, cache, "strategy=finetune", "trainer.max_epochs=2", run_dir="ft"))
+    # k-shot too: the ensemble adapts each member on the support exactly as finetune's baseline adapter does
+    kshot = ["eval.kshot.shots=[1,3]", "eval.kshot.adapt_steps=2", "eval.kshot.adapt_lr=0.5"]
+    ft = run_pipeline(cfg_for(outputs, cache, "strategy=finetune", "trainer.max_epochs=2", *kshot, run_dir="ft"))
     ens = run_pipeline(cfg_for(outputs, cache, "strategy=fusion", "strategy.fusion.sources=[news]",
-                               "strategy.fusion.mode=ensemble", "trainer.max_epochs=2", run_dir="ens"))
+                               "strategy.fusion.mode=ensemble", "trainer.max_epochs=2", *kshot, run_dir="ens"))
     keys = [k for k in ft["metrics"] if k.startswith(("test", "val"))]
+    assert any(k.startswith("test_cold_k3/") for k in keys)
     assert keys and all(ens["metrics"][k] == pytest.approx(ft["metrics"][k], abs=1e-9) for k in keys)
     assert ens["metrics"]["fusion/weight_news"] == 1.0
     df = mlflow_runs(ft["tracking_uri"]).set_index("run_id")
