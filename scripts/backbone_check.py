@@ -59,7 +59,7 @@ def main() -> None:
 
     specs = [parse_spec(s) for s in args.runs]
     if not args.table_only:
-        from tlexp.config import compose
+        from tlexp.core.config import compose
         from tlexp.pipeline import run_pipeline
 
         for seed in args.seeds:

@@ -19,7 +19,7 @@ import time
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tlexp.config import compose
+from tlexp.core.config import compose
 from tlexp.data.scenario import build_scenario
 
 PRESETS = ["arts_office", "food_kitchen", "books_movies", "douban_book_music", "sport_cloth",

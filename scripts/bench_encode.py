@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from tlexp.config import compose
+    from tlexp.core.config import compose
     from tlexp.models.text_encoder import embed_texts, item_texts
     from tlexp.pipeline import load_scenario
 

@@ -78,12 +78,13 @@ def main() -> None:
 
     from hydra.utils import instantiate
 
-    from tlexp.config import compose
+    from tlexp.core.config import compose
     from tlexp.data.datamodule import RecDataModule
     from tlexp.evaluation.evaluator import EvalSet, evaluate, make_eval_set
+    from tlexp.models.base import build_backbone
+    from tlexp.models.recommender import Recommender
     from tlexp.pipeline import load_scenario
-    from tlexp.pretrain import build_backbone
-    from tlexp.strategies.scratch import Scratch
+    from tlexp.training.module import LossObjective, Optimisation, TrainingModule
 
     cfg = compose(["paths.output_dir=outputs/bench", *args.overrides])
     scenario, _ = load_scenario(cfg)
@@ -102,8 +103,8 @@ def main() -> None:
         dm = RecDataModule(target, cfg.batch_size)
         plain.append(plain_loop(backbone, loss, dm.train_dataloader(), opt_factory(backbone.parameters()), args.epochs))
         backbone, loss, opt_factory = fresh()
-        light.append(lightning_loop(Scratch(backbone, loss, opt_factory), RecDataModule(target, cfg.batch_size),
-                                    args.epochs))
+        module = TrainingModule(Recommender(backbone), LossObjective(loss), Optimisation(opt_factory))
+        light.append(lightning_loop(module, RecDataModule(target, cfg.batch_size), args.epochs))
     p, lt = statistics.median(plain), statistics.median(light)
     print(f"training   plain loop {p:12,.0f} samples/s | lightning {lt:12,.0f} samples/s | "
           f"ratio lightning/plain = {lt / p:.2f}x  (aim >= 0.9)")

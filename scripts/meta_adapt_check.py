@@ -83,7 +83,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    from tlexp.config import compose
+    from tlexp.core.config import compose
     from tlexp.pipeline import run_pipeline
 
     suite = SUITES[args.suite]

@@ -1,7 +1,7 @@
 """Stress the parallel sweep path: repeat a joblib multirun on one embedded SQLite store.
 
     python scripts/sweep_stress.py                      # 3 x (scratch,finetune x seeds 0,1,2), 2 workers
-    python scripts/sweep_stress.py --sweep "seed=0,1,2 strategy=finetune strategy.transfer_lr_scale=0.1,1.0"
+    python scripts/sweep_stress.py --sweep "seed=0,1,2 strategy=finetune transfer.lr_scale=0.1,1.0"
     python scripts/sweep_stress.py --full               # the embedded default size instead of the tiny world
 
 Each repeat is a real `tlexp run -m hydra/launcher=joblib hydra.launcher.n_jobs=N ...` process on
@@ -40,7 +40,7 @@ def expected_jobs(sweep_args: list[str]) -> int:
 
 def runs(uri: str):
     sys.path.insert(0, str(ROOT))
-    from tlexp.compare import search_runs
+    from tlexp.tracking.queries import search_runs
 
     return search_runs(uri)
 
@@ -99,7 +99,7 @@ def main() -> int:
     n_expected = expected_jobs(sweep_args)
     env = {**os.environ, "TLEXP_OUTPUTS": str(out), "PYTHONWARNINGS": "ignore"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "tlexp.cli", "run", "-m", "hydra/launcher=joblib",
+    cmd = [sys.executable, "-m", "tlexp.cli.app", "run", "-m", "hydra/launcher=joblib",
            f"hydra.launcher.n_jobs={args.n_jobs}", *sweep_args, *([] if args.full else TINY)]
     print("command:", " ".join(cmd[2:]))
     print(f"store: {uri}\n")

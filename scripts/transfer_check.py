@@ -31,7 +31,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    from tlexp.config import compose
+    from tlexp.core.config import compose
     from tlexp.pipeline import run_pipeline
 
     out_root = os.environ.get("TLEXP_OUTPUTS", "outputs")

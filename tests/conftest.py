@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny synthetic world and an isolated outputs/ folder per test."""
+"""Fixtures shared by every test: an isolated outputs/ folder, a tiny text encoder on disk.
+
+Helpers (configs on a tiny world, reading a store, running the CLI) live in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Small enough for seconds per run, large enough that training beats chance.
-TINY = [
-    "world.n_users=800", "source.n_items=300", "target.n_items=300",
-    "trainer=debug", "trainer.max_epochs=3", "pretrain.max_epochs=3", "batch_size=256",
-    "logger.predictions_sample=20",
-]
-
 
 @pytest.fixture
 def outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -29,26 +23,9 @@ def outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return out
 
 
-def tiny_cfg(outputs: Path, *overrides: str, run_dir: str = "run"):
-    """The composed run config on the tiny world, writing under ``outputs``."""
-    from tlexp.config import compose
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (with MiniLM's tokenizer) saved as a Hugging Face folder."""
+    from helpers import save_tiny_encoder
 
-    return compose([*TINY, f"paths.output_root={outputs}", f"paths.output_dir={outputs / run_dir}",
-                    *overrides])
-
-
-def mlflow_runs(uri: str):
-    """All runs in the store at ``uri`` as a DataFrame (mlflow.search_runs), leaving no global state.
-
-    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI, which would leak into later tests.
-    """
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        mlflow.set_tracking_uri(uri)
-        return mlflow.search_runs(search_all_experiments=True)
-    finally:
-        mlflow.set_tracking_uri(before or "")
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))

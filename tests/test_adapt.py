@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
-from tlexp.strategies.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, \
+from tlexp.models.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, \
     grad_reverse, mmd
 
 
@@ -89,7 +89,7 @@ def test_adapt_logs_domain_accuracy_and_alignment_loss_per_epoch(outputs: Path):
     dann = run_pipeline(tiny_cfg(outputs, "strategy=adapt", "adapt.method=dann", "adapt.warmup_epochs=2", run_dir="d"))
     client = MlflowClient(dann["tracking_uri"])
     run = client.get_run(dann["run_id"])
-    assert run.data.params["strategy.method"] == "dann" and run.data.params["adapt.method"] == "dann"
+    assert run.data.params["adapt.method"] == "dann" and run.data.params["strategy.name"] == "adapt"
     for key in ("train/domain_acc", "train/domain_acc_user", "train/domain_acc_item", "train/align_loss",
                 "train/rec_loss", "train/dann_lambda"):
         assert len(client.get_metric_history(dann["run_id"], key)) == 3, key  # one point per epoch
@@ -108,7 +108,7 @@ def test_adapt_logs_domain_accuracy_and_alignment_loss_per_epoch(outputs: Path):
 
 
 def test_adapt_rejects_an_unknown_method(outputs: Path):
-    from tlexp.errors import ConfigError
+    from tlexp.core.errors import ConfigError
     from tlexp.pipeline import run_pipeline
 
     with pytest.raises(ConfigError, match="adapt.method 'wasserstein'"):

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import mlflow_runs, tiny_cfg
-from test_text_encoder import tiny_encoder  # noqa: F401  (session fixture: a tiny random BERT on disk)
+from helpers import mlflow_runs, tiny_cfg
 
 from tlexp.data.datamodule import SequenceDataset, datamodule_for, trim_padding
 from tlexp.data.scenario import DomainData
@@ -266,7 +265,7 @@ def test_sasrec_end_to_end_with_pair_loss(outputs: Path):
     assert row["tags.backbone"] == "sasrec" and row["params.loss._target_"].endswith("BPRLoss")
 
 
-def test_text_seq_finetune_cache_and_reproducibility(outputs: Path, tiny_encoder: Path):  # noqa: F811
+def test_text_seq_finetune_cache_and_reproducibility(outputs: Path, tiny_encoder: Path):
     over = ["backbone=text_seq", "strategy=finetune", f"backbone.encoder.name_or_path={tiny_encoder}",
             "backbone.encoder.max_length=16", *SMALL, "backbone.max_seq_len=10"]
     first = run_pipeline(tiny_cfg(outputs, *over, run_dir="a"))
@@ -284,13 +283,13 @@ def test_text_seq_finetune_cache_and_reproducibility(outputs: Path, tiny_encoder
     assert "bos" in a["params.transfer.moved"] and "item_tower.adaptor" in a["params.transfer.moved"]
 
 
-def test_text_two_tower_lora_logs_counts_and_adapter(outputs: Path, tiny_encoder: Path):  # noqa: F811
+def test_text_two_tower_lora_logs_counts_and_adapter(outputs: Path, tiny_encoder: Path):
     from mlflow.tracking import MlflowClient
 
     result = run_pipeline(tiny_cfg(
         outputs, "backbone=text_two_tower", "strategy=scratch", f"backbone.encoder.name_or_path={tiny_encoder}",
         "backbone.encoder.mode=lora", "backbone.encoder.lora.r=4", "backbone.encoder.max_length=12",
-        "loss.num_negatives=64", *SMALL))
+        "loss=sampled_ce", "loss.num_negatives=64", *SMALL))
     df = mlflow_runs(result["tracking_uri"]).set_index("run_id")
     row = df.loc[result["run_id"]]
     users = int(row["params.data.target_users"])
@@ -312,7 +311,7 @@ def test_text_two_tower_lora_logs_counts_and_adapter(outputs: Path, tiny_encoder
 
 def test_sasrec_sets_its_own_early_stopping_patience_and_the_command_line_still_wins():
     """SASRec's validation curve dips after epoch 0 (docs/backbones.md); its config raises patience."""
-    from tlexp.config import compose
+    from tlexp.core.config import compose
 
     cfg = compose(["backbone=sasrec"])
     assert cfg.callbacks.early_stopping.patience == 10 and cfg.pretrain.patience == 10

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, TINY, mlflow_runs
-
-TLEXP = [sys.executable, "-m", "tlexp.cli"]
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*TLEXP, *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)
-
+from helpers import TINY, mlflow_runs, run_cli
 
 def test_help_lists_subcommands():
     out = run_cli(["--help"], {}).stdout

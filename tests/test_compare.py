@@ -12,18 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mlflow_runs
+from helpers import mlflow_runs
 
-from tlexp.compare import (
-    betainc,
-    compare_table,
-    load_runs,
-    paired_t_test,
-    paired_t_test_math,
-    run_compare,
-    to_markdown,
-)
-from tlexp.errors import ConfigError
+from tlexp.analysis.compare import compare_table, run_compare, to_markdown
+from tlexp.analysis.statistics import paired_t_test
+from tlexp.core.errors import ConfigError
+from tlexp.tracking.queries import load_runs
 
 # strategy -> per-seed (all, warm, cold) test ndcg@10
 VALUES = {
@@ -103,23 +97,23 @@ def test_gain_and_paired_test_against_scratch(store: str):
     assert table.attrs["columns"] == ["test/ndcg_at_10", "test_warm/ndcg_at_10", "test_cold/ndcg_at_10"]
 
 
-def test_paired_t_test_without_scipy_matches_scipy():
+def test_paired_t_test_is_the_textbook_one():
+    """t = mean(d) / (sd(d) / sqrt(n)) over the per-seed differences d, two-sided p from Student's t."""
     from scipy import stats
 
-    rng = np.random.default_rng(0)
-    for n in (2, 3, 5, 12):
-        a, b = rng.normal(0.3, 0.05, n), rng.normal(0.28, 0.05, n)
-        ref = stats.ttest_rel(a, b)
-        t, p = paired_t_test_math(a, b)
-        assert t == pytest.approx(ref.statistic, rel=1e-10)
-        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-14)
-        assert paired_t_test(a, b) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9)
-    assert betainc(2.5, 0.5, 0.3) == pytest.approx(stats.beta.cdf(0.3, 2.5, 0.5), rel=1e-10)
-    # zero variance of the differences: scipy's conventions
-    assert paired_t_test_math([1.0, 2.0], [0.5, 1.5]) == (math.inf, 0.0)
-    t, p = paired_t_test_math([1.0, 2.0], [1.0, 2.0])
-    assert math.isnan(t) and math.isnan(p)
-    assert all(math.isnan(x) for x in paired_t_test_math([1.0], [0.0]))
+    a, b = [0.13, 0.14, 0.125, 0.15], [0.10, 0.12, 0.11, 0.10]
+    d = np.subtract(a, b)
+    t_hand = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    t, p = paired_t_test(a, b)
+    assert t == pytest.approx(t_hand, rel=1e-12)
+    assert p == pytest.approx(2 * stats.t.sf(abs(t_hand), d.size - 1), rel=1e-12)
+    assert paired_t_test(b, a)[0] == pytest.approx(-t_hand) and paired_t_test(b, a)[1] == pytest.approx(p)
+    # zero variance of the differences, too few pairs, unequal lengths
+    assert paired_t_test([1.0, 2.0], [0.5, 1.5]) == (math.inf, 0.0)
+    assert all(math.isnan(x) for x in paired_t_test([1.0, 2.0], [1.0, 2.0]))
+    assert all(math.isnan(x) for x in paired_t_test([1.0], [0.0]))
+    with pytest.raises(ValueError):
+        paired_t_test([1.0, 2.0], [1.0])
 
 
 def test_filters_by_experiment_and_sweep_and_groups_by_params(store: str):

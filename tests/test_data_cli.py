@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tlexp.data.cli import listing, main
+from tlexp.cli.data import listing, main
 
 
 def write(path, text):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlflow_runs, tiny_cfg
+from helpers import mlflow_runs, tiny_cfg
 from torch import nn
 
 from tlexp.models.distill_losses import (
@@ -38,20 +38,10 @@ def cfg_for(outputs: Path, cache: Path, *overrides: str, run_dir: str = "run"):
 
 
 def prepared(cfg):
-    """The distill module after ``prepare`` (teacher loaded or trained into the cache), and its context."""
-    from hydra.utils import instantiate
+    """The run's model as the pipeline builds it (teacher loaded or trained into the cache)."""
+    from helpers import assembled
 
-    from tlexp.context import RunContext
-    from tlexp.evaluation.evaluator import make_eval_set
-    from tlexp.pipeline import load_scenario
-
-    scenario, fp = load_scenario(cfg)
-    ctx = RunContext(cfg, scenario, fp)
-    factory = instantiate(cfg.strategy)
-    module = factory(backbone=factory.func.make_backbone(ctx), loss=instantiate(cfg.loss),
-                     optimizer=instantiate(cfg.optimizer), val_set=make_eval_set(scenario.target, "valid"))
-    module.prepare(ctx)
-    return module, ctx
+    return assembled(cfg)
 
 
 def softplus_neg(x: float) -> float:
@@ -159,7 +149,7 @@ def test_terms_read_the_step_and_total_is_the_weighted_sum():
 
 
 def test_bad_term_settings_are_config_errors():
-    from tlexp.errors import ConfigError
+    from tlexp.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="temperature"):
         SoftTargetTerm(temperature=0)
@@ -219,7 +209,7 @@ def test_each_loss_weight_set_to_zero_in_turn_runs(outputs: Path, cache: Path):
 
 
 def test_all_weights_zero_is_a_config_error(outputs: Path, cache: Path):
-    from tlexp.errors import ConfigError
+    from tlexp.core.errors import ConfigError
     from tlexp.pipeline import run_pipeline
 
     zero = [f"strategy.losses.{n}.weight=0" for n in ("rec", "kd", "rank", "hint")]
@@ -229,41 +219,39 @@ def test_all_weights_zero_is_a_config_error(outputs: Path, cache: Path):
 
 def test_teacher_runs_once_per_step_and_items_never(outputs: Path, cache: Path):
     """The teacher's user tower runs once per training step (shared by all terms), its item table never."""
-    module, ctx = prepared(cfg_for(outputs, cache, "strategy=distill"))
-    scenario = ctx.scenario
+    asm = prepared(cfg_for(outputs, cache, "strategy=distill"))
+    scenario, objective = asm.scenario, asm.built.objective
     calls = {"user": 0, "item": 0}
-    module.teacher.user_emb.register_forward_hook(lambda *a: calls.__setitem__("user", calls["user"] + 1))
-    module.teacher.item_emb.register_forward_hook(lambda *a: calls.__setitem__("item", calls["item"] + 1))
+    objective.teacher.user_emb.register_forward_hook(lambda *a: calls.__setitem__("user", calls["user"] + 1))
+    objective.teacher.item_emb.register_forward_hook(lambda *a: calls.__setitem__("item", calls["item"] + 1))
     batch = {"user": torch.tensor([0, 1, 2, 3]), "item": torch.tensor([5, 6, 7, 8])}
-    loss, values = total_loss(module.terms, module.make_step(batch))
+    loss, values = total_loss(objective.terms, objective.make_step(asm.built.model.backbone, batch))
     loss.backward()
     assert set(values) == {"rec", "kd", "rank", "hint"}
     assert calls == {"user": 1, "item": 0}
-    assert all(p.grad is None for p in module.teacher.parameters())  # frozen
+    assert all(p.grad is None for p in objective.teacher.parameters())  # frozen
     # the precomputed top items are unseen by the user in training
     train = scenario.target.train
     seen = set(zip(train["user"].tolist(), train["item"].tolist(), strict=True))
-    top = module.teacher_top
+    top = objective.teacher_top
     assert top.shape == (scenario.target.n_users, 10)
     assert not any((u, int(i)) in seen for u in range(50) for i in top[u])
 
 
-def test_backbones_by_name_and_unknown_names(outputs: Path):
-    from tlexp.context import RunContext
-    from tlexp.errors import ConfigError
-    from tlexp.pipeline import load_scenario
-
+def test_teacher_and_student_are_any_backbone_choice(outputs: Path):
+    """Teacher and student are conf/backbone choices composed by Hydra at their place in the config
+    (``backbone@strategy.teacher.backbone=<name>``): nothing is composed while the run runs."""
     cfg = tiny_cfg(outputs, "strategy=distill")
-    scenario, fp = load_scenario(cfg)
-    ctx = RunContext(cfg, scenario, fp)
-    node = ctx.backbone_config("two_tower_small")
-    assert node.dim == 16 and node._target_ == "tlexp.models.two_tower.TwoTower"  # its defaults were composed
-    assert ctx.backbone_config(cfg.strategy.teacher.backbone).dim == 128
-    # a text backbone overrides another group in its defaults (loss); by name it still composes
-    text = ctx.backbone_config("text_seq")
+    student, teacher = cfg.strategy.student.backbone, cfg.strategy.teacher.backbone
+    assert student.dim == 16 and student._target_ == "tlexp.models.two_tower.TwoTower"  # its defaults composed
+    assert teacher.dim == 128 and teacher.tower_layers == [128, 128]
+    # a text backbone (whose own loss differs from the run's) composes as a teacher too
+    with_text = tiny_cfg(outputs, "strategy=distill", "backbone@strategy.teacher.backbone=text_seq")
+    text = with_text.strategy.teacher.backbone
     assert text._target_ == "tlexp.models.text_seq.TextSeq" and text.encoder.mode == "frozen"
-    with pytest.raises(ConfigError, match="two_tower_large"):
-        ctx.backbone_config("no_such_backbone")
+    assert with_text.loss.logq_correction  # the run's loss is still the run's backbone's
+    with pytest.raises(Exception, match="two_tower_large"):  # Hydra lists the choices
+        tiny_cfg(outputs, "strategy=distill", "backbone@strategy.teacher.backbone=no_such_backbone")
 
 
 @pytest.mark.slow
@@ -271,14 +259,19 @@ def test_distill_and_fusion_under_ddp_spawn_two_processes(outputs: Path, cache: 
     """Both strategies train in two ddp_spawn processes (the teacher travels with the module: loaded
     once per process), validation is gathered over both ranks, each run is one MLflow run."""
     from mlflow.tracking import MlflowClient
-    from test_cli import run_cli
+    from helpers import run_cli
 
-    from conftest import TINY
+    from helpers import TINY
 
     # Fill the caches in this process (teacher, pretrained sources; their keys ignore the trainer),
     # so that the ddp runs spend their time on what is being tested.
-    module, ctx = prepared(cfg_for(outputs, cache, "strategy=distill"))
-    teacher_ndcg = module.extra_metrics(ctx)["teacher_test/ndcg_at_10"]
+    from tlexp.evaluation.plan import EvaluationPlan
+    from tlexp.pipeline.build import eval_settings
+
+    cfg = cfg_for(outputs, cache, "strategy=distill")
+    asm = prepared(cfg)
+    plan = EvaluationPlan(asm.scenario.target, eval_settings(cfg))
+    teacher_ndcg = plan.extra(asm.strategy.extra_scorers(asm.built))["teacher_test/ndcg_at_10"]
     prepared(cfg_for(outputs, cache, "strategy=fusion"))
     uri = f"sqlite:///{outputs / 'ddp.db'}"
     proc = run_cli(["run", "-m", *TINY, *FAST, f"paths.cache_dir={cache}", "strategy=distill,fusion", "trainer=ddp",

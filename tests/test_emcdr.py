@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
-from tlexp.errors import ConfigError
+from tlexp.core.errors import ConfigError
 from tlexp.strategies.emcdr import Mapping, fit_mapping
 
 
@@ -33,8 +33,9 @@ def test_fit_mapping_recovers_a_linear_map():
 
 
 def test_emcdr_scores_cold_users_with_mapped_source_embeddings(outputs: Path):
-    from tlexp.context import RunContext
-    from tlexp.pipeline import load_scenario, run_pipeline
+    from helpers import assembled
+
+    from tlexp.pipeline import run_pipeline
 
     emcdr = run_pipeline(tiny_cfg(outputs, "strategy=emcdr", run_dir="e"))
     scratch = run_pipeline(tiny_cfg(outputs, "strategy=scratch", run_dir="s"))
@@ -48,21 +49,15 @@ def test_emcdr_scores_cold_users_with_mapped_source_embeddings(outputs: Path):
     assert emcdr["metrics"]["test_cold/ndcg_at_10"] > scratch["metrics"]["test_cold/ndcg_at_10"]
 
     # the cold users' vectors are exactly the mapping of their source representation
-    from hydra.utils import instantiate
-
     cfg = tiny_cfg(outputs, "strategy=emcdr", "trainer.max_epochs=1", run_dir="x")
-    scenario, fp = load_scenario(cfg)
-    ctx = RunContext(cfg, scenario, fp)
-    factory = instantiate(cfg.strategy)
-    module = factory(backbone=factory.func.make_backbone(ctx), loss=instantiate(cfg.loss),
-                     optimizer=instantiate(cfg.optimizer))
-    module.prepare(ctx)
-    module.after_fit(ctx)
+    asm = assembled(cfg)
+    asm.strategy.after_fit(asm.built, asm.inputs)
+    model, scenario = asm.built.model, asm.scenario
     cold = torch.from_numpy(scenario.target.cold_users[:5])
     warm = torch.from_numpy(scenario.target.train["user"].unique()[:5])
     with torch.no_grad():
-        src_rows = ctx.user_map()[cold]
-        pre = ctx.pretrained().backbone
-        expected = module.mapping(pre.user_repr({"user": src_rows}))
-        assert torch.allclose(module.user_vectors(cold), expected, atol=1e-6)
-        assert torch.allclose(module.user_vectors(warm), module.backbone.user_repr({"user": warm}))
+        src_rows = asm.inputs.user_map()[cold]
+        pre = asm.inputs.models["source"].backbone
+        expected = model.mapping(pre.user_repr({"user": src_rows}))
+        assert torch.allclose(model.user_vectors(cold), expected, atol=1e-6)
+        assert torch.allclose(model.user_vectors(warm), model.backbone.user_repr({"user": warm}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlflow_runs, tiny_cfg
+from helpers import mlflow_runs, tiny_cfg
 
 from tlexp.strategies.fusion import FusionHead, simplex_grid, standardise
 
@@ -111,10 +111,10 @@ def test_each_mode_fuses_two_sources_and_logs_their_weights(outputs: Path, cache
 
 
 def test_target_is_left_out_of_the_sources_and_unknown_sources_are_config_errors(outputs: Path, cache: Path):
-    from tlexp.errors import ConfigError
+    from tlexp.core.errors import ConfigError
     from tlexp.pipeline import run_pipeline
 
-    with pytest.raises(ConfigError, match="no domain config named 'nope'"):
+    with pytest.raises(ConfigError, match="no domain named 'nope'"):
         run_pipeline(cfg_for(outputs, cache, "strategy=fusion", "strategy.fusion.sources=[nope]"))
     with pytest.raises(ConfigError, match="other than the target"):
         run_pipeline(cfg_for(outputs, cache, "strategy=fusion", "strategy.fusion.sources=[ecommerce]"))

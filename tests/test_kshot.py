@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
 from tlexp.data.scenario import DomainData
 from tlexp.evaluation.kshot import adapt_user_vectors, evaluate_kshot, kshot_sets, support_loss

@@ -21,7 +21,7 @@ from tlexp.data.loaders import (
     UniSRecLoader,
 )
 from tlexp.data.scenario import build_scenario
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 SPLIT = {"protocol": "loo", "min_user_interactions": 3, "cold_user_share": 0.5, "seed": 0}
 

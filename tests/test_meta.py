@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, mlflow_runs, tiny_cfg
+from helpers import TINY, mlflow_runs, tiny_cfg
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -116,33 +116,35 @@ def test_reptile_update_rule_on_a_tiny_model():
     assert not torch.allclose(mean_w, w0)  # the tasks did move the weights
 
 
-def _tiny_meta_module(algorithm: str, inner_params=("user", "map")):
-    """A Meta strategy on a hand-made 6-user, 7-item domain, in float64, without the pipeline."""
+def _tiny_meta(algorithm: str, inner_params=("user", "map")):
+    """Meta's model and objective on a hand-made 6-user, 7-item domain, in float64, without the pipeline."""
     from tlexp.data.scenario import DomainData
     from tlexp.models.losses import BPRLoss
+    from tlexp.models.mapping import Mapping
     from tlexp.models.two_tower import TwoTower
-    from tlexp.strategies.emcdr import Mapping
-    from tlexp.strategies.meta import Meta
+    from tlexp.strategies.meta import MetaObjective, MetaRecommender, MetaSettings
 
+    settings = MetaSettings(algorithm=algorithm, inner_steps=2, inner_lr=0.3, inner_params=tuple(inner_params),
+                            train_shots=(2,), query_size=2, learn_inner_lr=False, anchor_weight=0.0, meta_items=True)
     items = pd.DataFrame({"item": [f"i{i}" for i in range(7)], "text": "", "category": ""})
     frame = pd.DataFrame({"user": [0] * 4 + [1] * 4, "item": [0, 1, 2, 3, 4, 5, 6, 0], "timestamp": range(8)})
     data = DomainData("d", np.array([f"u{u}" for u in range(6)]), items, frame, frame[:0], frame[:0])
     torch.manual_seed(0)
-    module = Meta(TwoTower(data, dim=3), BPRLoss(), lambda p: torch.optim.SGD(p, lr=0.1), algorithm=algorithm,
-                  inner_steps=2, inner_lr=0.3, inner_params=list(inner_params), train_shots=[2], query_size=2,
-                  learn_inner_lr=False, anchor_weight=0.0, meta_items=True).double()
-    module.mapping = Mapping(3, 3).double()
+    backbone = TwoTower(data, dim=3)
+    mapping = Mapping(3, 3)
     with torch.no_grad():
-        module.mapping.net.weight.add_(0.3 * torch.randn(3, 3, dtype=torch.float64))
-    module.src_user = torch.randn(6, 3, dtype=torch.float64)
+        mapping.net.weight.add_(0.3 * torch.randn(3, 3))
+    src_user = torch.randn(6, 3, dtype=torch.float64)
+    model = MetaRecommender(backbone, src_user, torch.ones(6, dtype=torch.bool), torch.zeros(6, dtype=torch.bool),
+                            mapping, settings).double()
     task = {"user": torch.tensor([0, 1]), "seq": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0]]),
             "len": torch.tensor([4, 4])}
-    return module, task
+    return model, MetaObjective(BPRLoss(), settings), task
 
 
 def test_vectorised_maml_objective_equals_a_per_task_autograd_loop():
-    module, task = _tiny_meta_module("maml")
-    loss, stats = module.meta_objective(task)
+    module, objective, task = _tiny_meta("maml")
+    loss, stats = objective.meta_objective(module, task)
     params = [module.backbone.item_emb.weight, *module.mapping.parameters()]
     got = torch.autograd.grad(loss, params)
     # reference: a Python loop over tasks, second order through torch.autograd.grad(create_graph=True)
@@ -165,12 +167,12 @@ def test_vectorised_maml_objective_equals_a_per_task_autograd_loop():
 
 
 def test_meta_config_errors_are_one_clear_line():
-    from tlexp.errors import ConfigError
+    from tlexp.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="inner_params"):
-        _tiny_meta_module("reptile", inner_params=("user",))
+        _tiny_meta("reptile", inner_params=("user",))
     with pytest.raises(ConfigError, match="algorithm 'mamal'"):
-        _tiny_meta_module("mamal")
+        _tiny_meta("mamal")
 
 
 def test_meta_runs_end_to_end_with_k_shot_segments(outputs: Path):
@@ -185,7 +187,7 @@ def test_meta_runs_end_to_end_with_k_shot_segments(outputs: Path):
     assert "test_cold_k5/ndcg_at_10" not in m
     client = MlflowClient(res["tracking_uri"])
     run = client.get_run(res["run_id"])
-    assert run.data.params["strategy.algorithm"] == "maml" and run.data.params["meta.algorithm"] == "maml"
+    assert run.data.params["meta.algorithm"] == "maml" and run.data.params["strategy.name"] == "meta"
     assert int(run.data.params["meta.tasks"]) > 0
     history = client.get_metric_history(res["run_id"], "train/meta_query_loss")
     assert len(history) == 3  # one point per epoch (TINY: 3 epochs)
@@ -199,7 +201,7 @@ def test_meta_runs_end_to_end_with_k_shot_segments(outputs: Path):
 
 @pytest.mark.slow
 def test_meta_under_ddp_spawn_logs_one_run(tmp_path: Path):
-    from test_cli import run_cli
+    from helpers import run_cli
 
     uri = f"sqlite:///{tmp_path / 'ddp.db'}"
     # one thread per process: two spawned workers on a small machine, no oversubscription

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
 
 def free_port() -> int:

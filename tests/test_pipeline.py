@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import mlflow_runs, tiny_cfg
+from helpers import mlflow_runs, tiny_cfg
 
 from tlexp.pipeline import run_pipeline
 
@@ -85,12 +85,12 @@ def test_run_that_raises_is_marked_failed(outputs: Path):
 
 
 def test_interrupted_run_is_marked_killed(outputs: Path, monkeypatch: pytest.MonkeyPatch):
-    from tlexp import pipeline
+    from tlexp.pipeline import run as pipeline_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "fit_best", interrupted)
+    monkeypatch.setattr(pipeline_run, "fit_best", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(tiny_cfg(outputs, "strategy=scratch"))
     df = mlflow_runs(f"sqlite:///{outputs.resolve() / 'mlflow.db'}")
@@ -98,8 +98,8 @@ def test_interrupted_run_is_marked_killed(outputs: Path, monkeypatch: pytest.Mon
 
 
 def test_freeze_and_transfer_options(outputs: Path):
-    result = run_pipeline(tiny_cfg(outputs, "strategy=finetune", "strategy.freeze=[user_emb]",
-                                   "strategy.transfer_lr_scale=1.0"))
+    result = run_pipeline(tiny_cfg(outputs, "strategy=finetune", "transfer.freeze=[user_emb]",
+                                   "transfer.lr_scale=1.0"))
     df = mlflow_runs(result["tracking_uri"]).set_index("run_id")
     row = df.loc[result["run_id"]]
     frozen = int(row["params.data.target_users"]) * 64  # the user embedding table, dim 64

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from tlexp.config import compose, project_root
-from tlexp.data.cli import describe
+from tlexp.core.config import compose, project_root
+from tlexp.cli.data import describe
 
 DATA = Path(os.environ.get("TLEXP_DATA_DIR") or project_root().parent / "shared" / "data")
 PRESETS = {  # preset: (source, target)
@@ -89,11 +89,11 @@ def run_describe(preset: str, cache: Path, *extra: str) -> dict:
 
 
 # -- config (always runs) ------------------------------------------------------------------------------
-def test_every_domain_has_yaml_stubs_and_matching_name(tmp_path):
+def test_every_domain_is_one_yaml_usable_as_source_and_target(tmp_path):
     conf = project_root() / "conf"
     for name in DOMAINS:
-        for group in ("domain", "source", "target"):
-            assert (conf / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml missing"
+        assert (conf / "domain" / f"{name}.yaml").exists(), f"conf/domain/{name}.yaml missing"
+    assert not (conf / "source").exists() and not (conf / "target").exists()  # no wrapper file per side
     cfg = compose([f"source={DOMAINS[0]}", f"target={DOMAINS[1]}", f"paths.output_dir={tmp_path}"])
     assert cfg.source.name == DOMAINS[0] and cfg.target.name == DOMAINS[1]
     # instantiating reads no file: works without the data

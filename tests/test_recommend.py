@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 
-from tlexp.errors import ConfigError
+from tlexp.core.errors import ConfigError
 
 SMALL = ["world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2"]
 
@@ -44,7 +44,7 @@ def _predictions(result) -> pd.DataFrame:
 
 
 def test_recommend_equals_the_runs_predictions_sample(finetune_run):
-    from tlexp.recommend import load_run, recommend
+    from tlexp.serving.recommend import load_run, recommend
 
     out, result = finetune_run
     pred = _predictions(result)
@@ -70,7 +70,7 @@ def test_recommend_equals_the_runs_predictions_sample(finetune_run):
 
 
 def test_exclude_all_also_drops_held_out_items(finetune_run):
-    from tlexp.recommend import load_run, recommend
+    from tlexp.serving.recommend import load_run, recommend
 
     out, result = finetune_run
     loaded = load_run(result["run_id"], result["tracking_uri"], out)
@@ -87,7 +87,7 @@ def test_exclude_all_also_drops_held_out_items(finetune_run):
 def test_cli_reads_users_from_a_file_and_writes_csv(finetune_run, tmp_path: Path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tlexp.cli import main
+    from tlexp.cli.app import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over outputs=
 
@@ -114,7 +114,7 @@ def test_cli_reads_users_from_a_file_and_writes_csv(finetune_run, tmp_path: Path
 
 def test_popular_run_needs_no_checkpoint(outputs: Path):
     from tlexp.pipeline import run_pipeline
-    from tlexp.recommend import load_run, recommend
+    from tlexp.serving.recommend import load_run, recommend
 
     result = run_pipeline(tiny_cfg(outputs, "strategy=popular"))
     pred = _predictions(result)

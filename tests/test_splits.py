@@ -8,7 +8,7 @@ import pytest
 
 from tlexp.data.scenario import build_scenario, leave_one_out, ratio_split
 from tlexp.data.synthetic import SyntheticDomainLoader
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 WORLD = {"n_users": 800, "dim": 16, "seed": 3}
 SPLIT = {"protocol": "loo", "min_user_interactions": 3, "cold_user_share": 0.2, "seed": 1}

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, TINY, mlflow_runs, tiny_cfg
+from helpers import ROOT, TINY, mlflow_runs, tiny_cfg
 
 SMALL = [*TINY, "world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2"]
 
@@ -46,7 +46,7 @@ def test_cache_lock_makes_concurrent_builders_build_once(tmp_path: Path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from tlexp.cache import cached_dir
+        from tlexp.core.cache import cached_dir
         def build(p):
             with open({str(tmp_path / 'builds.txt')!r}, 'a') as f:
                 f.write('built\\n')
@@ -121,7 +121,7 @@ def test_compare_on_the_sweep_equals_pandas(joblib_sweep, tmp_path: Path, capsys
     """`tlexp compare` numbers = pandas on mlflow.search_runs of the same runs; the plot is a real PNG."""
     from scipy import stats
 
-    from tlexp.cli import main
+    from tlexp.cli.app import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over --outputs
 
@@ -182,18 +182,18 @@ def test_optuna_sweep_optimises_validation_ndcg_and_tags_the_best_trial(optuna_s
     assert parent["tags.optuna.best_run_id"] == best["run_id"] and best["tags.optuna.best"] == "true"
     assert (kids["tags.optuna.best"].fillna("") == "true").sum() == 1
     best_params = json.loads(parent["tags.optuna.best_params"])
-    assert set(best_params) == {"strategy.transfer_lr_scale", "strategy.init_new_users",
-                                "strategy.carry_user_embeddings"}
-    assert float(best["params.strategy.transfer_lr_scale"]) == pytest.approx(best_params["strategy.transfer_lr_scale"])
-    assert best["params.strategy.init_new_users"] == best_params["strategy.init_new_users"]
-    assert parent["params.best.strategy.init_new_users"] == best_params["strategy.init_new_users"]
+    assert set(best_params) == {"transfer.lr_scale", "transfer.init_new_users",
+                                "transfer.carry_user_embeddings"}
+    assert float(best["params.transfer.lr_scale"]) == pytest.approx(best_params["transfer.lr_scale"])
+    assert best["params.transfer.init_new_users"] == best_params["transfer.init_new_users"]
+    assert parent["params.best.transfer.init_new_users"] == best_params["transfer.init_new_users"]
     # printed, and written next to the sweep
     assert f"Optuna best trial #{best_job} (job {best_job}): val/ndcg_at_10 = " in proc.stdout
     res = yaml.safe_load(next((out / "multirun").rglob("optimization_results.yaml")).read_text())
     assert res["best_value"] == pytest.approx(best["metrics.val/ndcg_at_10"]) and res["n_trials"] == 6
     # the trials differ in transfer settings only, so they share one source pretraining
     assert sorted(kids["tags.pretrain_cache"]) == ["hit"] * 5 + ["miss"]
-    assert kids["params.strategy.transfer_lr_scale"].nunique() == 6
+    assert kids["params.transfer.lr_scale"].nunique() == 6
 
 
 def test_optuna_search_space_parsing():
@@ -218,17 +218,18 @@ def test_a_sweep_that_dies_ends_its_parent_failed(outputs: Path):
     """Hydra skips on_multirun_end when a job raises; the atexit hook must not leave a RUNNING parent."""
     from mlflow.tracking import MlflowClient
 
+    from tlexp.pipeline import sweep as sweep_callback
     from tlexp.tracking import sweep
 
     cfg = tiny_cfg(outputs)
     info = sweep.start_parent_run(cfg, outputs / "multirun" / "2030-01-01" / "00-00-00")
-    sweep._OPEN[info.sweep_id] = info
+    sweep_callback._OPEN[info.sweep_id] = info
     client = MlflowClient(info.tracking_uri)
     kid = client.create_run(info.experiment_id,
                             tags={"sweep_id": info.sweep_id, "mlflow.parentRunId": info.parent_run_id})
     client.set_terminated(kid.info.run_id, "FAILED")
     assert client.get_run(info.parent_run_id).info.status == "RUNNING"
-    sweep._end_open_parents()
+    sweep_callback._end_open_parents()
     parent = client.get_run(info.parent_run_id)
     assert parent.info.status == "FAILED" and parent.data.tags["sweep.failed"] == "1"
     assert parent.data.tags["sweep.jobs"] == "1" and info.sweep_id.startswith("2030-01-01_00-00-00-")
@@ -238,7 +239,7 @@ def test_a_sweep_that_dies_ends_its_parent_failed(outputs: Path):
 
 # --------------------------------------------------------------------------- presets
 def test_launcher_presets_compose():
-    from tlexp.config import compose
+    from tlexp.core.config import compose
 
     par = compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
     assert par._target_.endswith("JoblibLauncher") and par.n_jobs == 2
@@ -248,7 +249,7 @@ def test_launcher_presets_compose():
     ray = compose(["hydra/launcher=ray_cluster"], return_hydra_config=True).hydra.launcher
     assert ray._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher" and "address" in ray.ray.init
     cb = compose([], return_hydra_config=True).hydra.callbacks
-    assert cb.mlflow_sweep._target_ == "tlexp.tracking.sweep.MlflowSweepCallback"
+    assert cb.mlflow_sweep._target_ == "tlexp.pipeline.sweep.MlflowSweepCallback"
 
 
 def test_strategy_benchmark_runs_every_strategy_times_three_seeds():
@@ -258,7 +259,7 @@ def test_strategy_benchmark_runs_every_strategy_times_three_seeds():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from tlexp.config import compose, config_dir
+    from tlexp.core.config import compose, config_dir
 
     cfg = compose(["experiment=strategy_benchmark", "data=ecommerce"], return_hydra_config=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.launcher.n_jobs == 2

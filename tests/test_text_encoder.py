@@ -15,7 +15,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tlexp.errors import ConfigError  # noqa: E402
+from helpers import save_tiny_encoder  # noqa: E402
+
+from tlexp.core.errors import ConfigError  # noqa: E402
 from tlexp.models.text_encoder import (  # noqa: E402
     TextItemTower,
     embed_texts,
@@ -29,24 +31,6 @@ from tlexp.models.text_encoder import (  # noqa: E402
 
 TEXTS = ["red acrylic paint set", "printer ink cartridge black", "", "a much longer title about a wooden easel "
          "for painting on canvas, adjustable height", "sewing machine needles"]
-
-
-def save_tiny_encoder(path: Path, seed: int = 0, hidden: int = 32) -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def test_tiny_encoder_round_trip_and_pooling(tiny_encoder: Path):

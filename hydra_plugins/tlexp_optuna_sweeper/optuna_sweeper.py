@@ -2,7 +2,7 @@
 
 Each trial is one Hydra job (``tlexp run`` with the trial's overrides), so trials get the same
 outputs, caches and MLflow tracking as any sweep job — nested under the sweep's parent run. The
-objective is the job's return value: ``tlexp.run.hydra_main`` returns ``val/ndcg_at_10`` of the
+objective is the job's return value: ``tlexp.cli.run.hydra_main`` returns ``val/ndcg_at_10`` of the
 selected model, never a test metric, so the search cannot overfit the test split.
 
 At the end the best trial is printed, written to ``<sweep dir>/optimization_results.yaml`` and
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "val/ndcg_at_10"  # what tlexp.run.hydra_main returns
+OBJECTIVE = "val/ndcg_at_10"  # what tlexp.cli.run.hydra_main returns
 
 
 def distribution_for(override: Override) -> Any:
@@ -51,7 +51,7 @@ def distribution_for(override: Override) -> Any:
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
         bad = [c for c in choices if not isinstance(c, (str, int, float, bool, type(None)))]
         if bad:
-            from tlexp.errors import ConfigError
+            from tlexp.core.errors import ConfigError
 
             raise ConfigError(f"hydra.sweeper.params.{override.get_key_element()}: choices must be "
                               f"str/int/float/bool/null, got {bad[0]!r}; quote lists as strings")
@@ -95,7 +95,7 @@ class TlexpOptunaSweeper(Sweeper):
                  study_name: str | None = None, n_trials: int = 20, n_jobs: int = 1,
                  max_failure_rate: float = 0.0, params: DictConfig | None = None) -> None:
         if direction not in ("maximize", "minimize"):
-            from tlexp.errors import ConfigError
+            from tlexp.core.errors import ConfigError
 
             raise ConfigError(f"hydra.sweeper.direction='{direction}': use maximize or minimize")
         self.sampler = sampler
@@ -124,7 +124,7 @@ class TlexpOptunaSweeper(Sweeper):
         params_conf = [f"{k}={v}" for k, v in (self.params or {}).items()]
         space, fixed = search_space(params_conf + list(arguments))
         if not space:
-            from tlexp.errors import ConfigError
+            from tlexp.core.errors import ConfigError
 
             raise ConfigError("the Optuna sweep has an empty search space: set hydra.sweeper.params (e.g. in "
                               "conf/hparams_search/) or give a sweep such as optimizer.lr='interval(1e-4,1e-2)'")

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

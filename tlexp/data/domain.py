@@ -12,7 +12,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 INTERACTION_COLUMNS = ("user", "item", "timestamp")
 ITEM_COLUMNS = ("item", "text", "category")

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tlexp.cache import cached_dir, stable_hash
+from tlexp.core.cache import cached_dir, stable_hash
 from tlexp.data.domain import Domain, DomainLoader
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 

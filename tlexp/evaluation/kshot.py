@@ -11,7 +11,7 @@ order** as a *support set*, lets the strategy adapt on it, and ranks all items f
 
 How a strategy adapts is an :data:`Adapter`: ``(users, support) -> scores`` over all items. Three
 come ready: no adaptation (score with the model as it is), a few plain gradient steps on the user
-representation (:func:`gradient_step_adapter`, what ``scratch``/``finetune`` get through
+representation (:func:`gradient_step_adapter`, what every recommender gets through
 ``eval.kshot.adapt_steps``) and the meta-learned inner loop (``tlexp/strategies/meta.py``). The
 support loss is one softmax over all items per user (:func:`support_loss`), the same in all three.
 """
@@ -135,20 +135,3 @@ def gradient_step_adapter(backbone: torch.nn.Module, user_vectors: Callable[[tor
         return backbone.score(z, items)
 
     return adapter
-
-
-@dataclass
-class KShotConfig:
-    shots: list[int]
-    adapt_steps: int = 0
-    adapt_lr: float = 0.1
-
-
-def kshot_config(cfg) -> KShotConfig:  # noqa: ANN001 - a DictConfig
-    """The ``eval.kshot`` node of a run config (absent = no k-shot evaluation)."""
-    node = cfg.get("eval", {}).get("kshot", None) if cfg is not None else None
-    if not node:
-        return KShotConfig(shots=[])
-    return KShotConfig(shots=[int(k) for k in (node.get("shots") or [])],
-                       adapt_steps=int(node.get("adapt_steps", 0) or 0),
-                       adapt_lr=float(node.get("adapt_lr", 0.1)))

@@ -13,20 +13,6 @@ import torch
 from torch import nn
 
 
-class Whitening(nn.Module):
-    """Parametric whitening ``(x - b) W``: a learned centre and a linear map (UniSRec's PWLayer)."""
-
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.bias = nn.Parameter(torch.zeros(in_dim))
-        self.lin = nn.Linear(in_dim, out_dim, bias=False)
-        nn.init.normal_(self.lin.weight, std=0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(self.dropout(x) - self.bias)
-
-
 class MoEAdaptor(nn.Module):
     """A softmax-gated mixture of ``n_experts`` whitening layers (UniSRec's MoE adaptor).
 
@@ -50,14 +36,3 @@ class MoEAdaptor(nn.Module):
         y = (self.dropout(x) @ self.weight).view(*x.shape[:-1], self.n_experts, self.out_dim) - shift
         weights = torch.softmax(x @ self.gate, dim=-1).unsqueeze(-1)             # (..., E, 1)
         return (weights * y).sum(-2)
-
-
-class LinearAdaptor(nn.Module):
-    """A plain linear projection (with bias): the simplest baseline adaptor."""
-
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)

@@ -8,7 +8,9 @@ unless a backbone overrides :meth:`score`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,3 +85,38 @@ class Backbone(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+# Keys of a backbone config that describe how it is trained, not what it is (conf/backbone/*.yaml).
+TRAINING_KEYS = ("loss",)
+
+
+def backbone_name(spec: Mapping[str, Any]) -> str:
+    """A backbone config's ``name`` (else its class name)."""
+    name = spec.get("name")
+    return str(name) if name else str(spec.get("_target_", "backbone")).rsplit(".", 1)[-1]
+
+
+def build_backbone(spec: Mapping[str, Any], data: Any) -> Backbone:
+    """The backbone a config node describes (a Hydra partial of a :class:`Backbone`), sized for ``data``
+    (a :class:`tlexp.data.scenario.DomainData`)."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    node = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    for key in TRAINING_KEYS:
+        node.pop(key, None)
+    return instantiate(node)(data=data)
+
+
+def query_users(batch: dict[str, torch.Tensor], n_queries: int) -> torch.Tensor:
+    """The user of each training query of :meth:`Backbone.training_pairs`: the batch's users, or, for
+    sequence batches, each non-padding position's user (row-major, target >= 0)."""
+    target = batch.get("target")
+    if target is not None and target.dim() == 2:
+        users = batch["user"].unsqueeze(1).expand_as(target)[target >= 0]
+    else:
+        users = batch["user"]
+    if users.numel() != n_queries:
+        raise ValueError(f"cannot match {n_queries} training queries to users ({users.numel()})")
+    return users

@@ -150,7 +150,7 @@ class SoftTargetTerm(DistillTerm):
     def __init__(self, weight: float = 1.0, temperature: float = 1.0):
         super().__init__(weight)
         if temperature <= 0:
-            from tlexp.errors import ConfigError
+            from tlexp.core.errors import ConfigError
 
             raise ConfigError(f"strategy.losses.kd.temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
@@ -182,7 +182,7 @@ class HintTerm(DistillTerm):
         self.sides = [str(x) for x in sides]
         bad = set(self.sides) - {"user", "item"}
         if bad or not self.sides:
-            from tlexp.errors import ConfigError
+            from tlexp.core.errors import ConfigError
 
             raise ConfigError("strategy.losses.hint.sides must be a non-empty subset of [user, item], "
                               f"got {self.sides}")

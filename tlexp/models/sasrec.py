@@ -21,7 +21,7 @@ from torch import nn
 
 from tlexp.data.datamodule import pad_left, trim_padding, user_sequences
 from tlexp.data.scenario import DomainData
-from tlexp.errors import ConfigError
+from tlexp.core.errors import ConfigError
 from tlexp.models.base import Backbone
 
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlexp.cache import cached_dir, stable_hash
-from tlexp.errors import ConfigError
+from tlexp.core.cache import cached_dir, stable_hash
+from tlexp.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ chance, i.e. aligned) and ``train/dann_lambda``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,17 +32,48 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tlexp.context import RunContext
-from tlexp.data.datamodule import EvalTrigger, PairDataset, datamodule_for, keep_batch
-from tlexp.errors import ConfigError
-from tlexp.strategies.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, mmd
-from tlexp.strategies.finetune import FineTune
+from tlexp.core.errors import ConfigError
+from tlexp.data.datamodule import EvalTrigger, PairDataset, keep_batch
+from tlexp.data.scenario import Scenario
+from tlexp.models.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, mmd
+from tlexp.models.recommender import Recommender
+from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
+from tlexp.training.module import Objective, TrainingModule
+from tlexp.training.transfer import lr_scales, transfer_weights
 
 METHODS = ("dann", "mmd", "coral", "none")
 # adapt.weight=null takes the method's weight: the best of {0.1, 0.3, 1} on data=low_overlap, seed 0
 # (docs/meta_adapt_emcdr.md). The losses live on different scales, so one shared number cannot fit all.
 DEFAULT_WEIGHTS = {"dann": 0.3, "mmd": 0.1, "coral": 1.0, "none": 0.0}
 KINDS = ("user", "item")
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """``adapt.*`` (conf/strategy/adapt.yaml)."""
+
+    method: str = "dann"
+    weight: float | None = None
+    align_on: tuple[str, ...] = ("user", "item")
+    init: str = "pretrained"
+    warmup_epochs: int = 10
+    gamma: float = 10.0
+    classifier_hidden: tuple[int, ...] = ()
+    source_batch_size: int | None = None
+    align_batch: int | None = 256
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"adapt.method '{self.method}' is unknown; use one of {list(METHODS)}")
+        bad = set(self.align_on) - set(KINDS)
+        if bad or not self.align_on:
+            raise ConfigError(f"adapt.align_on {list(self.align_on)}: use a non-empty subset of {list(KINDS)}")
+        if self.init not in ("pretrained", "scratch"):
+            raise ConfigError(f"adapt.init '{self.init}' is unknown; use pretrained or scratch")
+
+    @property
+    def weight_used(self) -> float:
+        return float(DEFAULT_WEIGHTS[self.method] if self.weight is None else self.weight)
 
 
 class AdaptDataModule(pl.LightningDataModule):
@@ -61,65 +92,36 @@ class AdaptDataModule(pl.LightningDataModule):
         return DataLoader(EvalTrigger(), batch_size=1)
 
 
-class Adapt(FineTune):
-    """Target training plus a source/target representation alignment loss."""
+class AdaptObjective(Objective):
+    """The target loss plus ``weight`` × the alignment loss between source and target representations.
 
-    def __init__(self, *args: Any, method: str = "dann", weight: float | None = None,
-                 align_on: Sequence[str] = ("user", "item"),
-                 init: str = "pretrained", warmup_epochs: int = 10, gamma: float = 10.0,
-                 classifier_hidden: Sequence[int] = (), source_batch_size: int | None = None,
-                 align_batch: int | None = 256, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if method not in METHODS:
-            raise ConfigError(f"adapt.method '{method}' is unknown; use one of {list(METHODS)}")
-        bad = set(align_on) - set(KINDS)
-        if bad or not align_on:
-            raise ConfigError(f"adapt.align_on {list(align_on)}: use a non-empty subset of {list(KINDS)}")
-        if init not in ("pretrained", "scratch"):
-            raise ConfigError(f"adapt.init '{init}' is unknown; use pretrained or scratch")
-        weight = DEFAULT_WEIGHTS[method] if weight is None else weight
-        self.method, self.weight, self.align_on, self.init = method, float(weight), list(align_on), init
-        self.warmup_epochs, self.gamma = int(warmup_epochs), float(gamma)
-        self.classifier_hidden = list(classifier_hidden)
-        self.source_batch_size = source_batch_size
-        self.align_batch = int(align_batch) if align_batch else None
-        self.classifiers = nn.ModuleDict()
-        self.source_pairs: PairDataset | None = None
-        self.register_buffer("src_user", torch.zeros(0), persistent=False)
-        self.register_buffer("src_item", torch.zeros(0), persistent=False)
+    Holds the frozen source representations and one domain classifier per aligned kind (DANN's
+    adversary, or a probe on detached representations that only measures separability).
+    """
 
-    def prepare(self, ctx: RunContext) -> None:
-        pre = ctx.pretrained()
-        ctx.reseed()
-        moved = self.transfer(pre.backbone, ctx.user_map(), ctx.item_map()) if self.init == "pretrained" else []
-        src = ctx.source
-        pre.backbone.eval()
-        with torch.no_grad():
-            try:
-                self.src_user = pre.backbone.user_repr({"user": torch.arange(src.n_users), "split": "test"}).detach()
-                self.src_item = pre.backbone.item_repr().detach()
-            except (KeyError, TypeError) as err:
-                raise ConfigError(f"adapt needs per-user source representations from backbone "
-                                  f"'{ctx.cfg.backbone.get('name', '?')}' ({err}); use an ID backbone such as "
-                                  "backbone=two_tower") from err
-        dim = self.src_user.shape[-1]
-        for kind in self.align_on:  # the DANN adversary, or a probe that only measures separability
-            self.classifiers[kind] = DomainClassifier(dim, self.classifier_hidden)
-        self.source_pairs = PairDataset(torch.tensor(src.train["user"].to_numpy()),
-                                        torch.tensor(src.train["item"].to_numpy()))
-        ctx.log_params({"transfer.moved": ",".join(moved), "adapt.source_pairs": len(self.source_pairs),
-                        "adapt.weight_used": self.weight})
+    def __init__(self, loss: nn.Module, settings: AdaptSettings, src_user: torch.Tensor, src_item: torch.Tensor):
+        super().__init__()
+        self.loss = loss
+        self.method, self.weight, self.align_on = settings.method, settings.weight_used, list(settings.align_on)
+        self.warmup_epochs, self.gamma = int(settings.warmup_epochs), float(settings.gamma)
+        self.align_batch = int(settings.align_batch) if settings.align_batch else None
+        self.register_buffer("src_user", src_user, persistent=False)
+        self.register_buffer("src_item", src_item, persistent=False)
+        dim = src_user.shape[-1]
+        self.classifiers = nn.ModuleDict({kind: DomainClassifier(dim, list(settings.classifier_hidden))
+                                          for kind in self.align_on})
 
-    def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
-        target = datamodule_for(ctx.target, self.backbone, ctx.cfg.batch_size, ctx.cfg.num_workers)
-        return AdaptDataModule(target, self.source_pairs, int(self.source_batch_size or ctx.cfg.batch_size))
+    def attach(self, item_counts: torch.Tensor) -> None:
+        attach = getattr(self.loss, "attach", None)
+        if attach is not None:
+            attach(item_counts)
 
-    def dann_coeff(self) -> float:
+    def dann_coeff(self, module: TrainingModule) -> float:
         """The reversal coefficient now: DANN's warm-up over ``warmup_epochs`` epochs of batches."""
-        per_epoch = max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
-        return dann_lambda(self.global_step / max(per_epoch * self.warmup_epochs, 1), self.gamma)
+        return dann_lambda(module.global_step / max(module.steps_per_epoch * self.warmup_epochs, 1), self.gamma)
 
-    def representations(self, kind: str, target: dict, source: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def representations(self, model: Recommender, kind: str, target: dict,
+                        source: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(source rows, target rows) of one representation kind for this pair of batches.
 
         Only the first ``align_batch`` rows of each (shuffled) batch are compared: MMD's kernel
@@ -129,18 +131,19 @@ class Adapt(FineTune):
         src = {k: v[:n] for k, v in source.items()} if n else source
         tgt = {k: v[:n] if torch.is_tensor(v) and v.dim() else v for k, v in target.items()} if n else target
         if kind == "user":
-            return self.src_user[src["user"]], self.backbone.user_repr(tgt)
-        return self.src_item[src["item"]], self.backbone.item_repr(tgt["item"])
+            return self.src_user[src["user"]], model.backbone.user_repr(tgt)
+        return self.src_item[src["item"]], model.backbone.item_repr(tgt["item"])
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def step(self, module: TrainingModule, batch: dict[str, Any]) -> torch.Tensor:
+        model = module.model
         target, source = batch["target"], batch["source"]
-        rec = self.loss(self.backbone, target)
-        coeff = self.dann_coeff() if self.method == "dann" else 0.0
+        rec = self.loss(model.backbone, target)
+        coeff = self.dann_coeff(module) if self.method == "dann" else 0.0
         align = torch.zeros((), device=rec.device)
         probe = torch.zeros((), device=rec.device)
         accs = []
         for kind in self.align_on:
-            s, t = self.representations(kind, target, source)
+            s, t = self.representations(model, kind, target, source)
             if self.method == "dann":
                 loss, acc = domain_adversarial_loss(self.classifiers[kind], s, t, coeff)
                 align = align + loss
@@ -152,13 +155,47 @@ class Adapt(FineTune):
                 loss, acc = domain_adversarial_loss(self.classifiers[kind], s.detach(), t.detach(), 0.0)
                 probe = probe + loss
             accs.append(acc)
-            self.log(f"train/domain_acc_{kind}", acc, on_step=False, on_epoch=True, batch_size=t.shape[0])
+            module.log_train(f"train/domain_acc_{kind}", acc, batch_size=t.shape[0])
         total = rec + self.weight * align + probe
         n = int(target["user"].shape[0])
-        self.log("train/loss", total, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/rec_loss", rec, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/align_loss", align, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train/domain_acc", torch.stack(accs).mean(), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=n)
-        self.log("train/dann_lambda", coeff, on_step=False, on_epoch=True, batch_size=n)
+        module.log_train("train/loss", total, batch_size=n, prog_bar=True)
+        module.log_train("train/rec_loss", rec, batch_size=n)
+        module.log_train("train/align_loss", align, batch_size=n)
+        module.log_train("train/domain_acc", torch.stack(accs).mean(), batch_size=n, prog_bar=True)
+        module.log_train("train/dann_lambda", coeff, batch_size=n)
         return total
+
+
+class Adapt(Strategy):
+    """Target training plus a source/target representation alignment loss."""
+
+    Settings = AdaptSettings
+    settings_node = "adapt"
+    uses_transfer = True
+    uses_source = True
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        return [SourceModel()]
+
+    def build(self, inputs: StrategyInputs) -> Built:
+        s = self.settings
+        pre = inputs.models["source"].backbone
+        moved = transfer_weights(inputs.backbone, pre, inputs.user_map(), inputs.item_map(), self.transfer) \
+            if s.init == "pretrained" else []
+        src = inputs.source
+        pre.eval()
+        with torch.no_grad():
+            try:
+                src_user = pre.user_repr({"user": torch.arange(src.n_users), "split": "test"}).detach()
+                src_item = pre.item_repr().detach()
+            except (KeyError, TypeError) as err:
+                raise ConfigError(f"adapt needs per-user source representations from backbone "
+                                  f"'{getattr(pre, 'name', '?')}' ({err}); use an ID backbone such as "
+                                  "backbone=two_tower") from err
+        objective = AdaptObjective(inputs.make_loss(), s, src_user, src_item)
+        source_pairs = PairDataset(torch.tensor(src.train["user"].to_numpy()),
+                                   torch.tensor(src.train["item"].to_numpy()))
+        inputs.log.log_params({"transfer.moved": ",".join(moved), "adapt.source_pairs": len(source_pairs),
+                               "adapt.weight_used": objective.weight})
+        data = AdaptDataModule(inputs.pairs(), source_pairs, int(s.source_batch_size or inputs.batch_size))
+        return Built(Recommender(inputs.backbone), objective, data, lr_scales(moved, self.transfer.lr_scale))

@@ -1,156 +1,195 @@
-"""What every strategy shares: the training step on target pairs, the optimizer, and evaluation.
+"""The strategy contract: what a strategy declares, what it is given, and the hooks it may fill in.
 
-A strategy is a LightningModule around a backbone. Subclasses say how knowledge arrives from
-the source (``FineTune``) or that none does (``Scratch``); they all rank with the same
-evaluator, so their numbers are comparable by construction.
+A strategy says how knowledge moves from source to target. It never reads the run's config, files
+or caches, and never evaluates: it *declares* what it needs, as data —
+
+* :class:`SourceModel` — a backbone pretrained on a source domain (the scenario's source, or any
+  ``conf/domain`` by name), and
+* :class:`Teacher` — a backbone pretrained on the source and fine-tuned on the target —
+
+and the pipeline trains (or fetches from the cache) each of them, then calls :meth:`Strategy.build`
+with typed :class:`StrategyInputs`: the scenario, the target backbone, the trained models by key,
+the run's seed and batch settings, a loss factory and a narrow logging handle. ``build`` returns a
+:class:`Built`: the recommender to train and evaluate, the objective to train it by (the one
+training loop in :mod:`tlexp.training.module` runs it), the training data and per-parameter
+learning-rate scales. Hooks after that (:meth:`Strategy.after_fit`, :meth:`Strategy.candidates`,
+:meth:`Strategy.extra_scorers`, :meth:`Strategy.report`) let a strategy finish its model, offer
+choices to be made on validation, and name what else should be evaluated — the pipeline does the
+evaluating. Settings are a dataclass (``Settings``) that the pipeline fills from the strategy's
+config node and type-checks. docs/architecture.md walks through adding one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
+import pandas as pd
 import torch
 from torch import nn
 
-from tlexp.evaluation.evaluator import EvalSet, accumulate
+from tlexp.data.datamodule import datamodule_for
+from tlexp.data.scenario import DomainData, Scenario
+from tlexp.evaluation.plan import Candidate
 from tlexp.models.base import Backbone
+from tlexp.models.recommender import Recommender
+from tlexp.tracking.run import RunLog
+from tlexp.training.module import Objective
+from tlexp.training.pretraining import Pretrained, TeacherSettings
+from tlexp.training.transfer import TransferSettings
 
-if TYPE_CHECKING:
-    from tlexp.context import RunContext
+
+# ----- what a strategy may declare -----
+@dataclass(frozen=True)
+class SourceModel:
+    """A backbone pretrained on a source domain (cached), given to ``build`` as ``inputs.models[key]``.
+
+    ``domain``: None for the scenario's source, else a ``conf/domain`` name (split like the run's
+    source). ``backbone``: None for the run's backbone, else a backbone config node. ``tag`` names
+    it in the run (``<tag>_cache`` hit/miss, ``<tag>/val_ndcg_at_10``). ``require_shared``: fail
+    before pretraining when the domain shares no user and no item with the target.
+    """
+
+    key: str = "source"
+    domain: str | None = None
+    backbone: Any = None
+    tag: str = "pretrain"
+    require_shared: bool = False
 
 
-class RecStrategy(pl.LightningModule):
-    """Train ``backbone`` with ``loss`` on target pairs; validate by full ranking on ``val_set``."""
+@dataclass(frozen=True)
+class Teacher:
+    """A backbone pretrained on the scenario's source, then fine-tuned on the target (both cached)."""
 
-    requires_source: bool = False
-    requires_overlap: bool = False  # needs users present in both domains (e.g. embedding mapping)
-    trains: bool = True
+    backbone: Any
+    settings: TeacherSettings
+    key: str = "teacher"
+    tag: str = "teacher"
 
-    def __init__(self, backbone: Backbone, loss: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, val_set: EvalSet | None = None,
-                 ks: tuple[int, ...] = (5, 10, 20), eval_batch_size: int = 1024, name: str = "scratch"):
-        super().__init__()
-        self.backbone = backbone
-        self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.val_set = val_set
-        self.ks = list(ks)
-        self.eval_batch_size = eval_batch_size
-        self.strategy_name = name
-        self._val_acc = None
 
-    # ----- hooks the pipeline calls, in this order -----
-    @classmethod
-    def make_backbone(cls, ctx: RunContext) -> Backbone:
-        """The model this strategy trains on the target (default: ``cfg.backbone`` on the target)."""
-        return ctx.build_backbone()
+Need = SourceModel | Teacher
 
-    def prepare(self, ctx: RunContext) -> None:
-        """Before fitting: fetch pretrained models, move weights over. Default: nothing."""
 
-    def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
-        """Training data for the target stage. Default: the target's (user, item) training pairs."""
-        from tlexp.data.datamodule import datamodule_for
+@dataclass
+class Trained:
+    """A declared model, trained: the weights (loaded), how it was obtained, and the domain it came from."""
 
-        return datamodule_for(ctx.target, self.backbone, ctx.cfg.batch_size, ctx.cfg.num_workers)
+    model: Pretrained
+    domain: DomainData
 
-    def after_fit(self, ctx: RunContext) -> None:
-        """After the best checkpoint is restored, before final evaluation. Default: nothing."""
+    @property
+    def backbone(self) -> Backbone:
+        return self.model.backbone
 
-    def extra_metrics(self, ctx: RunContext) -> dict[str, float]:
-        """Metrics beyond the shared test/val segments (e.g. a teacher's).
 
-        Default: the k-shot cold-start protocol when ``eval.kshot.shots`` is set (else none);
-        subclasses that override this should merge in ``self.kshot_metrics(ctx)``.
-        """
-        return self.kshot_metrics(ctx)
+# ----- what a strategy is given -----
+@dataclass
+class StrategyInputs:
+    scenario: Scenario
+    backbone: Backbone                        # the target backbone, freshly built
+    models: dict[str, Trained]                # the declared needs, trained, by key
+    seed: int
+    batch_size: int
+    num_workers: int
+    make_loss: Callable[[], nn.Module]        # a new instance of the run's loss
+    build_backbone: Callable[[], Backbone]    # another target backbone like ``backbone`` (ensembles)
+    log: RunLog                               # params / metrics / tags of the run (no-ops outside one)
+    reseed: Callable[[int], None]             # reset every RNG to the run's seed + offset
 
-    # ----- k-shot cold-start evaluation (tlexp/evaluation/kshot.py), the same for every strategy -----
-    def kshot_shots(self, ctx: RunContext) -> list[int]:
-        """The ``k`` values to evaluate: ``eval.kshot.shots`` (empty = no k-shot evaluation)."""
-        from tlexp.evaluation.kshot import kshot_config
+    @property
+    def source(self) -> DomainData:
+        return self.scenario.source
 
-        return kshot_config(ctx.cfg).shots
+    @property
+    def target(self) -> DomainData:
+        return self.scenario.target
 
-    def kshot_adapter(self, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """How this strategy uses a cold user's k support items: ``eval.kshot.adapt_steps`` plain
-        gradient steps (``adapt_lr``) on the user representation; 0 steps = no adaptation."""
-        from tlexp.evaluation.kshot import gradient_step_adapter, kshot_config
+    def user_map(self, source: DomainData | None = None) -> torch.Tensor:
+        """For each target user, its index in ``source`` (-1 if the user is not there)."""
+        source = source if source is not None else self.source
+        return torch.from_numpy(source.user_index(self.target.users)).long()
 
-        conf = kshot_config(ctx.cfg)
-        return gradient_step_adapter(self.backbone, self.user_vectors, conf.adapt_steps, conf.adapt_lr)
+    def item_map(self, source: DomainData | None = None) -> torch.Tensor:
+        """For each target item, its index in ``source`` (-1 if absent; domains rarely share items)."""
+        source = source if source is not None else self.source
+        return torch.from_numpy(pd.Index(source.items).get_indexer(self.target.items)).long()
 
-    def user_vectors(self, users: torch.Tensor, split: str = "test") -> torch.Tensor:
-        """(B, d) user representations at evaluation time (strategies that represent cold users
-        differently, e.g. by a mapped source embedding, override this and :meth:`score_fn`)."""
-        return self.backbone.user_repr(self.eval_batch(users, split))
+    def pairs(self, backbone: Backbone | None = None) -> pl.LightningDataModule:
+        """The target's training data as ``backbone`` learns it (pairs, or user sequences)."""
+        return datamodule_for(self.target, backbone or self.backbone, self.batch_size, self.num_workers)
 
-    def kshot_metrics(self, ctx: RunContext) -> dict[str, float]:
-        """``test_cold_k<k>/<metric>_at_<K>`` for each configured ``k`` (see tlexp/evaluation/kshot.py)."""
-        shots = self.kshot_shots(ctx)
-        if not shots or not ctx.target.cold_users.size:
-            return {}
-        from tlexp.evaluation.kshot import evaluate_kshot
 
-        self.eval()
-        return evaluate_kshot(ctx.target, shots, self.kshot_adapter(ctx), self.ks, self.eval_batch_size,
-                              device=self.device)
+@dataclass
+class Built:
+    """What a strategy hands to the training loop and the evaluation plan."""
 
-    # ----- scoring, shared by validation here and test in the pipeline -----
-    def eval_batch(self, users: torch.Tensor, split: str = "test") -> dict[str, Any]:
-        """The batch a backbone needs to represent ``users`` at evaluation time.
+    model: Recommender                                   # trained (if an objective is given), evaluated, served
+    objective: Objective | None = None                   # None: nothing to train (e.g. popular)
+    datamodule: pl.LightningDataModule | None = None     # the training data (None: nothing to train)
+    lr_scales: dict[str, float] = field(default_factory=dict)  # model parameter name -> lr multiplier
 
-        ``split`` says which history a sequential backbone may read: the train sequence for
-        ``"val"``, train + valid for ``"test"`` (never the items being predicted).
-        """
-        return {"user": users, "split": split}
 
-    def score_fn(self, split: str = "test") -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function users -> (B, n_items) scores for ``split``, with item representations computed once."""
-        items = self.backbone.item_repr()
-        return lambda users: self.backbone.score(self.backbone.user_repr(self.eval_batch(users, split)), items)
+@dataclass(frozen=True)
+class NoSettings:
+    """A strategy without knobs of its own."""
 
-    # ----- training -----
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self.backbone, batch)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch["user"].shape[0])
-        return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if self.val_set is None:
-            return
-        world = self.trainer.world_size if self._trainer is not None else 1
-        self._val_acc = accumulate(self.val_set, self.score_fn("val"), self.ks, self.eval_batch_size,
-                                   rank=self.global_rank, world_size=world, device=self.device)
+# ----- the contract -----
+class Strategy:
+    """Subclass, set ``Settings`` (a dataclass) and implement :meth:`build`; override the rest as needed."""
 
-    def on_validation_epoch_end(self) -> None:
-        if self._val_acc is None:
-            return
-        acc = self._val_acc
-        if self.trainer.world_size > 1:  # exact: add the shards' sums, then divide
-            acc.load_tensor(self.trainer.strategy.reduce(acc.as_tensor().to(self.device), reduce_op="sum").cpu())
-        metrics = acc.result(self.val_set.name)
-        shown = self.val_set.name + "/ndcg_at_10"
-        self.log_dict({k: v for k, v in metrics.items() if k != shown}, prog_bar=False)
-        self.log(shown, metrics[shown], prog_bar=True)
-        self._val_acc = None
+    Settings: ClassVar[type] = NoSettings
+    settings_node: ClassVar[str] = "strategy"    # the config node holding the settings (meta: "meta")
+    uses_transfer: ClassVar[bool] = False         # takes the `transfer` group (finetune and friends)
+    trains: ClassVar[bool] = True                 # False: evaluated as built (popular)
+    requires_overlap: ClassVar[bool] = False      # needs users present in both domains (a ConfigError if none)
+    uses_source: ClassVar[bool] = False           # warn when no user is shared (only weights can transfer)
+    # After its declared models are trained, the pipeline resets the RNGs once more before ``build``,
+    # so that a cache hit and a miss leave the same random state. EMCDR opts out: its target model
+    # must train exactly as ``scratch`` does with the same seed.
+    fresh_rng_after_stages: ClassVar[bool] = True
 
-    # ----- optimisation -----
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups for the optimizer; subclasses give transferred parameters their own lr."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+    def __init__(self, name: str, settings: Any = None, transfer: TransferSettings | None = None):
+        self.name = name
+        self.settings = settings if settings is not None else self.Settings()
+        self.transfer = transfer if transfer is not None else TransferSettings()
 
-    def configure_optimizers(self) -> Any:
-        opt = self.optimizer_factory(self.param_groups())
-        if self.scheduler_factory is None:
-            return opt
-        per_step = getattr(getattr(self.scheduler_factory, "func", self.scheduler_factory),
-                           "wants_total_steps", False)
-        sched = self.scheduler_factory(opt, total_steps=int(self.trainer.estimated_stepping_batches)) \
-            if per_step else self.scheduler_factory(opt)
-        interval = "step" if per_step else "epoch"
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+    def needs(self, scenario: Scenario) -> list[Need]:
+        """The models to train before ``build`` (in this order). Default: none."""
+        return []
+
+    def backbone_spec(self) -> Any:
+        """The config node of the target backbone; None = the run's ``backbone``."""
+        return None
+
+    def make_backbone(self, target: DomainData, build: Callable[[Any], Backbone]) -> Backbone:
+        """The target backbone: ``build(self.backbone_spec())`` unless the strategy has its own (popular)."""
+        return build(self.backbone_spec())
+
+    def build(self, inputs: StrategyInputs) -> Built:
+        raise NotImplementedError
+
+    def after_fit(self, built: Built, inputs: StrategyInputs) -> None:
+        """After the best checkpoint is restored, before evaluation (e.g. EMCDR fits its mapping)."""
+
+    def candidates(self, built: Built) -> list[Candidate]:
+        """Options to choose between on validation after training (the pipeline picks and applies one)."""
+        return []
+
+    def kshot_shots(self) -> list[int]:
+        """k-shot segments to evaluate when ``eval.kshot.shots`` is empty. Default: none."""
+        return []
+
+    def extra_scorers(self, built: Built) -> dict[str, Recommender]:
+        """More models to evaluate on the test split, logged as ``<name>_test*/...`` (e.g. a teacher)."""
+        return {}
+
+    def timed_scorers(self, built: Built) -> dict[str, Recommender]:
+        """Models whose inference cost is logged as ``time/<name>_ms_per_1k_users``."""
+        return {}
+
+    def report(self, built: Built, inputs: StrategyInputs) -> dict[str, float]:
+        """Metrics about the trained model beyond ranking quality (e.g. fusion's source weights)."""
+        return {}

@@ -8,7 +8,7 @@ reads them from one :class:`~tlexp.models.distill_losses.DistillStep` (no term r
 
 The **student** (``strategy.student``: a small backbone) is the module's backbone. By default
 (``student.init: source``) it is itself pretrained on the source (cached) and its overlap users
-carry their source embedding, as in ``finetune``: distillation works on the target's training
+carry their source embedding, as in ``finetune`` (the ``transfer`` group): distillation works on the target's training
 users, so without this a cold-start user — who has no target rows — would keep a random embedding
 and the student could not beat ``scratch`` on them. ``student.init: scratch`` turns it off (an
 ablation: what the teacher alone can pass on).
@@ -22,30 +22,55 @@ of each (full ranking over all items + top-K).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tlexp.context import RunContext
-from tlexp.errors import ConfigError
-from tlexp.evaluation.evaluator import evaluate, make_eval_set
+from tlexp.core.errors import ConfigError
+from tlexp.data.scenario import Scenario
 from tlexp.evaluation.metrics import topk_items
-from tlexp.models.base import Backbone
+from tlexp.models.base import Backbone, backbone_name, query_users
 from tlexp.models.distill_losses import DistillStep, total_loss
-from tlexp.strategies.finetune import FineTune
+from tlexp.models.recommender import Recommender
+from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher
+from tlexp.training.module import Objective, TrainingModule
+from tlexp.training.pretraining import TeacherSettings
+from tlexp.training.transfer import TransferSettings, lr_scales, transfer_weights
 
-TEACHER_KNOBS = ("carry_user_embeddings", "init_new_users", "freeze", "transfer_lr_scale", "max_epochs", "patience")
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    backbone: dict[str, Any] = field(default_factory=dict)     # a conf/backbone node
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    max_epochs: int | None = None
+    patience: int | None = None
 
 
-def repr_dim(backbone: Backbone) -> int:
-    """Width of a backbone's representations (read from one item: works for any backbone)."""
-    with torch.no_grad():
-        return int(backbone.item_repr(torch.zeros(1, dtype=torch.long)).shape[-1])
+@dataclass(frozen=True)
+class StudentSpec:
+    backbone: dict[str, Any] = field(default_factory=dict)     # a conf/backbone node
+    init: str = "source"                                        # source | scratch
+
+    def __post_init__(self) -> None:
+        if self.init not in ("source", "scratch"):
+            raise ConfigError(f"strategy.student.init must be 'source' or 'scratch', got '{self.init}'")
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    teacher_top_k: int = 10
+    num_random: int = 50
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    student: StudentSpec = field(default_factory=StudentSpec)
+    candidates: CandidateSpec = field(default_factory=CandidateSpec)
+    losses: dict[str, Any] = field(default_factory=dict)       # name -> term node (_target_, weight, ...)
 
 
 @torch.no_grad()
@@ -76,124 +101,41 @@ def top_unseen(backbone: Backbone, users: torch.Tensor, seen_user: torch.Tensor,
     return torch.cat(out), torch.cat(ok)
 
 
-@torch.no_grad()
-def inference_ms_per_1k_users(score_fn_factory: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
-                              users: torch.Tensor, k: int = 10, batch_size: int = 1024, repeats: int = 3) -> float:
-    """Milliseconds to rank all items for 1,000 users (item representations + scores + top-k), best of ``repeats``."""
-    users = users[:1000]
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        score = score_fn_factory()
-        for lo in range(0, users.numel(), batch_size):
-            topk_items(score(users[lo: lo + batch_size]).float(), k)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000.0 * 1000.0 / max(users.numel(), 1)
+class DistillObjective(Objective):
+    """Σ weight · term over the declared loss terms, all reading one :class:`DistillStep` per batch.
 
+    Holds the frozen teacher, its item representations and each user's top-K unseen items
+    (computed once), and the terms (with their own parameters, e.g. hint projections).
+    """
 
-def _score_fn(backbone: Backbone, split: str = "test") -> Callable[[torch.Tensor], torch.Tensor]:
-    items = backbone.item_repr()
-    return lambda users: backbone.score(backbone.user_repr({"user": users, "split": split}), items)
-
-
-class Distill(FineTune):
-    """Train a small student on the target from a frozen, fine-tuned large teacher + its own loss."""
-
-    requires_source = True
-
-    def __init__(self, *args: Any, teacher: DictConfig | dict, student: DictConfig | dict,
-                 losses: DictConfig | dict, candidates: DictConfig | dict | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.teacher_cfg = _plain(teacher)
-        self.student_cfg = _plain(student)
-        cand = _plain(candidates or {})
-        self.cand_top_k = int(cand.get("teacher_top_k", 10))
-        self.cand_random = int(cand.get("num_random", 50))
-        self.terms = nn.ModuleDict()
-        for name, spec in _plain(losses).items():
-            if spec is None or float(spec.get("weight", 1.0)) == 0.0:
-                continue  # off: never built, so DDP sees no unused parameters
-            self.terms[name] = instantiate(spec)
-        if not len(self.terms):
-            raise ConfigError("strategy=distill: every loss term in strategy.losses has weight 0; "
-                              "give at least one (e.g. strategy.losses.rec.weight=1) a non-zero weight")
-        self.top_k = max([self.cand_top_k] + [t.needs_top_k for t in self.terms.values()])
-        self.teacher: Backbone | None = None
+    def __init__(self, teacher: Backbone, terms: nn.ModuleDict, loss: nn.Module, cand_top_k: int, cand_random: int):
+        super().__init__()
+        self.teacher = teacher
+        self.terms = terms
+        self.loss = loss
+        self.cand_top_k, self.cand_random = int(cand_top_k), int(cand_random)
         self.register_buffer("teacher_items", torch.zeros(0), persistent=False)
         self.register_buffer("teacher_top", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("teacher_top_ok", torch.zeros(0, 0, dtype=torch.bool), persistent=False)
 
-    # ----- the pipeline's hooks -----
-    @classmethod
-    def make_backbone(cls, ctx: RunContext) -> Backbone:
-        """The student: ``strategy.student.backbone`` (a conf/backbone name or a full node) on the target."""
-        return ctx.build_backbone(ctx.backbone_config(ctx.cfg.strategy.student.backbone))
+    def attach(self, item_counts: torch.Tensor) -> None:
+        attach = getattr(self.loss, "attach", None)
+        if attach is not None:
+            attach(item_counts)
 
-    def prepare(self, ctx: RunContext) -> None:
-        teacher_cfg = ctx.backbone_config(self.teacher_cfg["backbone"])
-        student_cfg = ctx.backbone_config(self.student_cfg["backbone"])
-        settings = {k: self.teacher_cfg[k] for k in TEACHER_KNOBS if k in self.teacher_cfg}
-        teacher = ctx.teacher(teacher_cfg, settings).backbone
-        teacher.eval()
-        teacher.requires_grad_(False)
-        self.teacher = teacher
-        init = str(self.student_cfg.get("init", "source"))
-        if init == "source":
-            pre = ctx.pretrained(student_cfg, tag="pretrain")
-            ctx.reseed()
-            moved = self.transfer(pre.backbone, ctx.user_map(), ctx.item_map())
-            ctx.log_params({"transfer.moved": ",".join(moved)})
-        elif init != "scratch":
-            raise ConfigError(f"strategy.student.init must be 'source' or 'scratch', got '{init}'")
-        else:
-            ctx.reseed()
-        s_dim, t_dim = repr_dim(self.backbone), repr_dim(teacher)
-        for term in self.terms.values():
-            term.setup(s_dim, t_dim)
-        # The teacher is frozen: what it says about items and each user's top items is computed once.
-        with torch.no_grad():
-            self.teacher_items = teacher.item_repr().detach().clone()
-            train = ctx.target.train
-            self.teacher_top, self.teacher_top_ok = top_unseen(teacher, torch.arange(ctx.target.n_users),
-                                          torch.tensor(train["user"].to_numpy()),
-                                          torch.tensor(train["item"].to_numpy()), max(self.top_k, 1))
-        p_t, p_s = teacher.num_parameters(), self.backbone.num_parameters()
-        ctx.set_tags({"backbone": _name(student_cfg), "teacher_backbone": _name(teacher_cfg)})
-        ctx.log_params({"params_teacher": p_t, "params_student": p_s,
-                        "compression_ratio": round(p_t / max(p_s, 1), 3),
-                        "distill.terms": ",".join(f"{n}={t.weight:g}" for n, t in self.terms.items())})
-        ctx.log_metrics({"distill/student_param_share": p_s / max(p_t, 1)})
-
-    def train(self, mode: bool = True) -> Distill:
+    def train(self, mode: bool = True) -> DistillObjective:
         """Lightning puts the module in train mode each epoch; the teacher stays in eval (no dropout)."""
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
+        self.teacher.eval()
         return self
 
-    def extra_metrics(self, ctx: RunContext) -> dict[str, float]:
-        """The teacher's test metrics (``teacher_test*/...``) and both models' inference cost."""
-        assert self.teacher is not None, "prepare() was not called"
-        self.teacher.to(self.device)
-        test_set = make_eval_set(ctx.target, "test")
-        ks = list(ctx.cfg.eval.ks)
-        with torch.no_grad():
-            metrics = evaluate(test_set, _score_fn(self.teacher), ks, ctx.cfg.eval.batch_size, device=self.device)
-        out = {"teacher_" + k: v for k, v in metrics.items()}
-        users = torch.from_numpy(test_set.users).to(self.device)
-        out["time/teacher_ms_per_1k_users"] = inference_ms_per_1k_users(lambda: _score_fn(self.teacher), users)
-        out["time/student_ms_per_1k_users"] = inference_ms_per_1k_users(self.score_fn, users)
-        return {**super().extra_metrics(ctx), **out}
-
-    # ----- training -----
-    def make_step(self, batch: dict[str, torch.Tensor]) -> DistillStep:
+    def make_step(self, student: Backbone, batch: dict[str, torch.Tensor]) -> DistillStep:
         """One forward pass of student and teacher for the batch, shared by every term.
 
         Works on the student's training queries (one per (user, item) pair for ID backbones, one
         per sequence position for sequential ones), so that every backbone can be a student.
         """
-        assert self.teacher is not None, "prepare() was not called"
-        student, teacher = self.backbone, self.teacher
+        teacher = self.teacher
         sq, pos = student.training_pairs(batch)
         users = query_users(batch, sq.shape[0])
         b, n_items, dev = sq.shape[0], student.n_items, sq.device
@@ -235,26 +177,88 @@ class Distill(FineTune):
         return DistillStep(batch=batch, student=student, rec_loss=lambda: self.loss(cached, batch),
                            student_user=sq, teacher_user=tq, **step)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, values = total_loss(self.terms, self.make_step(batch))
+    def step(self, module: TrainingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, values = total_loss(self.terms, self.make_step(module.model.backbone, batch))
         n = batch["user"].shape[0]
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        module.log_train("train/loss", loss, batch_size=n, prog_bar=True)
         for name, v in values.items():
-            self.log(f"train/loss_{name}", v, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+            module.log_train(f"train/loss_{name}", v, batch_size=n)
         return loss
 
 
-def query_users(batch: dict[str, torch.Tensor], n_queries: int) -> torch.Tensor:
-    """The user of each training query: the batch's users, or, for sequence batches, each
-    non-padding position's user (the order of ``Backbone.training_pairs``: row-major, target >= 0)."""
-    target = batch.get("target")
-    if target is not None and target.dim() == 2:
-        users = batch["user"].unsqueeze(1).expand_as(target)[target >= 0]
-    else:
-        users = batch["user"]
-    if users.numel() != n_queries:
-        raise ValueError(f"cannot match {n_queries} training queries to users ({users.numel()})")
-    return users
+def repr_dim(backbone: Backbone) -> int:
+    """Width of a backbone's representations (read from one item: works for any backbone)."""
+    with torch.no_grad():
+        return int(backbone.item_repr(torch.zeros(1, dtype=torch.long)).shape[-1])
+
+
+class Distill(Strategy):
+    """Train a small student on the target from a frozen, fine-tuned large teacher + its own loss."""
+
+    Settings = DistillSettings
+    uses_transfer = True
+    uses_source = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        specs = {n: spec for n, spec in self.settings.losses.items()
+                 if spec is not None and float(spec.get("weight", 1.0)) != 0.0}  # off: never built
+        if not specs:
+            raise ConfigError("strategy=distill: every loss term in strategy.losses has weight 0; "
+                              "give at least one (e.g. strategy.losses.rec.weight=1) a non-zero weight")
+        self.term_specs = specs
+
+    def backbone_spec(self) -> Any:
+        """The student: ``strategy.student.backbone`` (any conf/backbone choice) on the target."""
+        return self.settings.student.backbone
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        t = self.settings.teacher
+        needs: list[Need] = [Teacher(t.backbone, TeacherSettings(t.transfer, t.max_epochs, t.patience))]
+        if self.settings.student.init == "source":
+            needs.append(SourceModel(key="student_source", backbone=self.settings.student.backbone))
+        return needs
+
+    def build(self, inputs: StrategyInputs) -> Built:
+        teacher = inputs.models["teacher"].backbone
+        teacher.eval()
+        teacher.requires_grad_(False)
+        student = inputs.backbone
+        scales: dict[str, float] = {}
+        if self.settings.student.init == "source":
+            moved = transfer_weights(student, inputs.models["student_source"].backbone, inputs.user_map(),
+                                     inputs.item_map(), self.transfer)
+            inputs.log.log_params({"transfer.moved": ",".join(moved)})
+            scales = lr_scales(moved, self.transfer.lr_scale)
+        terms = nn.ModuleDict({name: instantiate(spec) for name, spec in self.term_specs.items()})
+        cand = self.settings.candidates
+        objective = DistillObjective(teacher, terms, inputs.make_loss(), cand.teacher_top_k, cand.num_random)
+        s_dim, t_dim = repr_dim(student), repr_dim(teacher)
+        for term in terms.values():
+            term.setup(s_dim, t_dim)
+        top_k = max([cand.teacher_top_k] + [t.needs_top_k for t in terms.values()])
+        # The teacher is frozen: what it says about items and each user's top items is computed once.
+        with torch.no_grad():
+            objective.teacher_items = teacher.item_repr().detach().clone()
+            train = inputs.target.train
+            objective.teacher_top, objective.teacher_top_ok = top_unseen(
+                teacher, torch.arange(inputs.target.n_users), torch.tensor(train["user"].to_numpy()),
+                torch.tensor(train["item"].to_numpy()), max(top_k, 1))
+        p_t, p_s = teacher.num_parameters(), student.num_parameters()
+        inputs.log.set_tags({"teacher_backbone": backbone_name(self.settings.teacher.backbone)})
+        inputs.log.log_params({"params_teacher": p_t, "params_student": p_s,
+                               "compression_ratio": round(p_t / max(p_s, 1), 3),
+                               "distill.terms": ",".join(f"{n}={t.weight:g}" for n, t in terms.items())})
+        inputs.log.log_metrics({"distill/student_param_share": p_s / max(p_t, 1)})
+        self.teacher = teacher
+        return Built(Recommender(student), objective, inputs.pairs(), scales)
+
+    def extra_scorers(self, built: Built) -> dict[str, Recommender]:
+        """The teacher's test metrics are logged as ``teacher_test*/...`` beside the student's."""
+        return {"teacher": Recommender(self.teacher).to(built.model.device)}
+
+    def timed_scorers(self, built: Built) -> dict[str, Recommender]:
+        return {"teacher": Recommender(self.teacher).to(built.model.device), "student": built.model}
 
 
 class PairsCache:
@@ -272,12 +276,3 @@ class PairsCache:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backbone, name)
-
-
-def _plain(node: Any) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-
-
-def _name(backbone_cfg: Any) -> str:
-    name = backbone_cfg.get("name") if hasattr(backbone_cfg, "get") else None
-    return str(name or str(backbone_cfg["_target_"]).rsplit(".", 1)[-1])

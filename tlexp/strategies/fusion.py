@@ -18,7 +18,7 @@ For ``concat``/``weighted``/``gate`` a user's target representation is the targe
 user representation plus the fused source part. The own ID embedding starts at zero (ID
 backbones), towers and shared items come from the first source: a cold-start user — no target
 rows — is represented by what the sources know of them, and a warm user learns a residual on top.
-Source user representations are trainable (learning rate × ``transfer_lr_scale``, as in
+Source user representations are trainable (learning rate × ``transfer.lr_scale``, as in
 ``finetune``); adapters A_s start as the identity when dimensions match.
 
 ``ensemble`` with a single source *is* ``finetune`` from that source (same initialisation, same
@@ -35,23 +35,40 @@ target users each source knows).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tlexp.context import RunContext
-from tlexp.errors import ConfigError
-from tlexp.evaluation.evaluator import evaluate
-from tlexp.models.base import Backbone
-from tlexp.strategies.base import RecStrategy
-from tlexp.strategies.distill import query_users
+from tlexp.core.errors import ConfigError
+from tlexp.data.scenario import Scenario
+from tlexp.evaluation.kshot import Adapter, gradient_step_adapter
+from tlexp.evaluation.plan import Candidate
+from tlexp.models.base import Backbone, query_users
+from tlexp.models.recommender import Recommender, ScoreFn
+from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
+from tlexp.training.module import LossObjective, Objective, TrainingModule
+from tlexp.training.transfer import TransferSettings, transfer_weights
 
 MODES = ("concat", "weighted", "gate", "ensemble")
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    sources: tuple[str, ...] = ("ecommerce", "news", "social", "video")  # conf/domain names
+    mode: str = "gate"                                                    # concat | weighted | gate | ensemble
+    ensemble_grid: int = 10                                               # simplex grid step 1/ensemble_grid
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"strategy.fusion.mode '{self.mode}' is unknown; use one of {list(MODES)}")
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    fusion: FusionSpec = field(default_factory=FusionSpec)
 
 
 class FusionHead(nn.Module):
@@ -162,76 +179,121 @@ def simplex_grid(n: int, steps: int) -> list[tuple[float, ...]]:
             if sum(combo) == steps]
 
 
-class Fusion(RecStrategy):
+class EnsembleRecommender(Recommender):
+    """One backbone per source; scores are per-user z-scores weighted by ``weights`` (fitted on validation)."""
+
+    def __init__(self, backbone: Backbone, members: list[Backbone]):
+        super().__init__(backbone)
+        self.members = nn.ModuleList(members)      # the models of sources 2..S (source 1's is self.backbone)
+        n = 1 + len(members)
+        self.register_buffer("weights", torch.full((n,), 1.0 / n))
+
+    def all_members(self) -> list[Backbone]:
+        return [self.backbone, *self.members]
+
+    def score_fn(self, split: str = "test", weights: torch.Tensor | None = None) -> ScoreFn:
+        members = self.all_members()
+        w = (self.weights if weights is None else weights).to(self.device)
+        items = [m.item_repr() for m in members]
+
+        def score(users: torch.Tensor) -> torch.Tensor:
+            out = None
+            for m, it, wm in zip(members, items, w, strict=True):
+                z = standardise(m.score(m.user_repr(self.eval_batch(users, split)), it)) * wm
+                out = z if out is None else out + z
+            return out
+        return score
+
+    def kshot_adapter(self, steps: int = 0, lr: float = 0.1) -> Adapter:
+        """Every member adapts on the support as the baseline does; their z-scores are weighted."""
+        adapters = [gradient_step_adapter(m, lambda u, m=m: m.user_repr(self.eval_batch(u, "test")), steps, lr)
+                    for m in self.all_members()]
+        pairs = list(zip(adapters, self.weights.tolist(), strict=True))
+        return lambda users, support: sum(w * standardise(a(users, support)) for a, w in pairs)
+
+
+class EnsembleObjective(Objective):
+    """Each member's own loss on the batch, summed: the members train side by side, independently."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def attach(self, item_counts: torch.Tensor) -> None:
+        attach = getattr(self.loss, "attach", None)
+        if attach is not None:
+            attach(item_counts)
+
+    def step(self, module: TrainingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = sum(self.loss(m, batch) for m in module.model.all_members())
+        module.log_train("train/loss", loss, batch_size=batch["user"].shape[0], prog_bar=True)
+        return loss
+
+
+class Fusion(Strategy):
     """Transfer from several source domains at once (see the module docstring for the modes)."""
 
-    requires_source = True
+    Settings = FusionSettings
+    uses_transfer = True
+    uses_source = True
 
-    def __init__(self, *args: Any, fusion: DictConfig | dict, carry_user_embeddings: bool = True,
-                 init_new_users: str = "mean", transfer_lr_scale: float = 1.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        spec = OmegaConf.to_container(fusion, resolve=True) if isinstance(fusion, DictConfig) else dict(fusion)
-        self.mode = str(spec.get("mode", "gate"))
-        if self.mode not in MODES:
-            raise ConfigError(f"strategy.fusion.mode '{self.mode}' is unknown; use one of {list(MODES)}")
-        self.source_names = [str(s) for s in (spec.get("sources") or [])]
-        self.ensemble_grid = int(spec.get("ensemble_grid", 10))
-        self.carry_user_embeddings = carry_user_embeddings
-        self.init_new_users = init_new_users
-        self.transfer_lr_scale = transfer_lr_scale
-        self.members = nn.ModuleList()      # ensemble: the models of sources 2..S (source 1's is self.backbone)
-        self.register_buffer("ens_weights", torch.ones(1))
-        self._transferred: set[int] = set()  # ids of parameters that carry source knowledge (lr scaled)
-        self.used_sources: list[str] = []
-
-    # ----- preparation -----
-    def prepare(self, ctx: RunContext) -> None:
-        names = [n for n in dict.fromkeys(self.source_names) if n != ctx.target.name]
-        skipped = [n for n in self.source_names if n == ctx.target.name]
-        if skipped:
-            ctx.log_params({"fusion.skipped": ",".join(skipped)})
+    def source_names(self, scenario: Scenario) -> list[str]:
+        target = scenario.target.name
+        names = [n for n in dict.fromkeys(self.settings.fusion.sources) if n != target]
         if not names:
             raise ConfigError("strategy=fusion needs at least one source domain other than the target "
-                              f"'{ctx.target.name}'; set e.g. strategy.fusion.sources=[news,social]")
+                              f"'{target}'; set e.g. strategy.fusion.sources=[news,social]")
+        return names
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        return [SourceModel(key=name, domain=name, tag=f"pretrain_{name}", require_shared=True)
+                for name in self.source_names(scenario)]
+
+    # ----- building -----
+    def build(self, inputs: StrategyInputs) -> Built:
+        names = self.source_names(inputs.scenario)
+        skipped = [n for n in self.settings.fusion.sources if n == inputs.target.name]
+        if skipped:
+            inputs.log.log_params({"fusion.skipped": ",".join(skipped)})
         sources = []
         for name in names:
-            data, fp = ctx.domain_data(name)
-            user_map, item_map = ctx.user_map(data), ctx.item_map(data)
-            if not bool((user_map >= 0).any()) and not bool((item_map >= 0).any()):
-                raise ConfigError(f"fusion source '{name}' shares no users and no items with the target "
-                                  f"'{ctx.target.name}': nothing can transfer; pick sources of the same dataset "
-                                  "in strategy.fusion.sources")
-            pre = ctx.pretrained_on(data, fp, tag=f"pretrain_{name}")
-            sources.append((name, pre.backbone, user_map, item_map))
+            trained = inputs.models[name]
+            sources.append((name, trained.backbone, inputs.user_map(trained.domain), inputs.item_map(trained.domain)))
         self.used_sources = names
-        ctx.reseed()  # cache hits or misses above: the same random state from here on
-        ctx.log_params({"fusion.sources": ",".join(names), "fusion.mode": self.mode})
-        ctx.log_metrics({f"fusion/users_{n}": float((um >= 0).float().mean()) for n, _, um, _ in sources})
-        if self.mode == "ensemble":
-            self._prepare_ensemble(ctx, sources)
+        mode = self.settings.fusion.mode
+        inputs.log.log_params({"fusion.sources": ",".join(names), "fusion.mode": mode})
+        inputs.log.log_metrics({f"fusion/users_{n}": float((um >= 0).float().mean()) for n, _, um, _ in sources})
+        scales: dict[str, float] = {}
+        if mode == "ensemble":
+            model = self._ensemble(inputs, sources, scales)
+            objective: Objective = EnsembleObjective(inputs.make_loss())
         else:
-            self._prepare_fused(sources)
-        ctx.log_params({"params_fusion": sum(p.numel() for p in self.parameters() if p.requires_grad)})
+            model = self._fused(inputs.backbone, sources, scales)
+            objective = LossObjective(inputs.make_loss())
+        inputs.log.log_params({"params_fusion": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+        return Built(model, objective, inputs.pairs(), scales)
 
-    def _transfer(self, backbone: Backbone, source: Backbone, user_map: torch.Tensor, item_map: torch.Tensor) -> None:
-        if not self.carry_user_embeddings:
-            user_map = torch.full_like(user_map, -1)
-        moved = set(backbone.transfer_from(source, user_map, item_map, self.init_new_users))
-        self._transferred |= {id(p) for n, p in backbone.named_parameters() if n in moved}
+    def _transfer(self, backbone: Backbone, source: Backbone, user_map: torch.Tensor,
+                  item_map: torch.Tensor) -> list[str]:
+        # fusion transfers without freezing anything
+        settings = TransferSettings(self.transfer.carry_user_embeddings, self.transfer.init_new_users, (),
+                                    self.transfer.lr_scale)
+        return transfer_weights(backbone, source, user_map, item_map, settings)
 
-    def _prepare_ensemble(self, ctx: RunContext, sources: list) -> None:
+    def _ensemble(self, inputs: StrategyInputs, sources: list, scales: dict[str, float]) -> EnsembleRecommender:
         _, src0, um0, im0 = sources[0]
-        self._transfer(self.backbone, src0, um0, im0)   # exactly what finetune does with one source
-        for _, src, um, im in sources[1:]:
-            member = ctx.build_backbone()
-            self._transfer(member, src, um, im)
-            self.members.append(member)
-        self.ens_weights = torch.full((len(sources),), 1.0 / len(sources))
+        moved = [f"backbone.{n}" for n in self._transfer(inputs.backbone, src0, um0, im0)]  # = finetune from source 1
+        members = []
+        for i, (_, src, um, im) in enumerate(sources[1:]):
+            member = inputs.build_backbone()
+            moved += [f"members.{i}.{n}" for n in self._transfer(member, src, um, im)]
+            members.append(member)
+        scales.update({n: self.transfer.lr_scale for n in moved})
+        return EnsembleRecommender(inputs.backbone, members)
 
-    def _prepare_fused(self, sources: list) -> None:
-        base = self.backbone
+    def _fused(self, base: Backbone, sources: list, scales: dict[str, float]) -> Recommender:
         _, src0, _, im0 = sources[0]
-        self._transfer(base, src0, torch.full((base.n_users,), -1, dtype=torch.long), im0)
+        moved = self._transfer(base, src0, torch.full((base.n_users,), -1, dtype=torch.long), im0)
         own = getattr(base, "user_emb", None)
         if isinstance(own, nn.Embedding):  # the fused sources are where a user starts from
             with torch.no_grad():
@@ -246,98 +308,43 @@ class Fusion(RecStrategy):
                 rep = src.user_repr({"user": um.clamp_min(0)})
             tables.append(rep * known.unsqueeze(1).to(rep))
             have.append(known)
-        head = FusionHead(tables, have, dim, self.mode)
-        self._transferred |= {id(p) for p in head.tables}
-        self.backbone = FusedBackbone(base, head)
+        head = FusionHead(tables, have, dim, self.settings.fusion.mode)
+        scales.update({f"backbone.base.{n}": self.transfer.lr_scale for n in moved})
+        scales.update({f"backbone.head.tables.{i}": self.transfer.lr_scale for i in range(len(tables))})
+        return Recommender(FusedBackbone(base, head))
 
-    # ----- training -----
-    def all_members(self) -> list[Backbone]:
-        return [self.backbone, *self.members]
+    # ----- after training -----
+    def candidates(self, built: Built) -> list[Candidate]:
+        """Ensemble: the per-source weights, on a simplex grid, to be chosen on validation."""
+        model = built.model
+        if not isinstance(model, EnsembleRecommender) or len(model.all_members()) == 1:
+            return []
+        out = []
+        for w in simplex_grid(len(model.all_members()), self.settings.fusion.ensemble_grid):
+            wt = torch.tensor(w)
+            label = ",".join(f"{x:.2f}" for x in w)
+            out.append(Candidate(label, lambda wt=wt: model.score_fn("val", wt),
+                                 lambda wt=wt: model.weights.copy_(wt.to(model.weights)),
+                                 {"fusion.ensemble_weights": label}))
+        return out
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.mode != "ensemble":
-            return super().training_step(batch, batch_idx)
-        loss = sum(self.loss(m, batch) for m in self.all_members())
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["user"].shape[0])
-        return loss
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        moved, fresh = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (moved if id(p) in self._transferred else fresh).append(p)
-        groups = [{"params": fresh}]
-        if moved:
-            base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr", 1e-3)
-            groups.append({"params": moved, "lr": base_lr * self.transfer_lr_scale})
-        return groups
-
-    # ----- scoring -----
-    def score_fn(self, split: str = "test",
-                 weights: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.mode != "ensemble":
-            return super().score_fn(split)
-        members = self.all_members()
-        w = (self.ens_weights if weights is None else weights).to(self.device)
-        items = [m.item_repr() for m in members]
-
-        def score(users: torch.Tensor) -> torch.Tensor:
-            out = None
-            for m, it, wm in zip(members, items, w, strict=True):
-                z = standardise(m.score(m.user_repr(self.eval_batch(users, split)), it)) * wm
-                out = z if out is None else out + z
-            return out
-        return score
-
-    def kshot_adapter(self, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Ensemble: every member adapts on the support as the baseline does; their z-scores are weighted."""
-        if self.mode != "ensemble":
-            return super().kshot_adapter(ctx)
-        from tlexp.evaluation.kshot import gradient_step_adapter, kshot_config
-
-        conf = kshot_config(ctx.cfg)
-        adapters = [gradient_step_adapter(m, lambda u, m=m: m.user_repr(self.eval_batch(u, "test")),
-                                          conf.adapt_steps, conf.adapt_lr) for m in self.all_members()]
-        weights = self.ens_weights.tolist()
-        pairs = list(zip(adapters, weights, strict=True))
-        return lambda users, support: sum(w * standardise(a(users, support)) for a, w in pairs)
-
-    def after_fit(self, ctx: RunContext) -> None:
-        """Ensemble: fit the per-source weights on the validation split (best ``eval.monitor``)."""
-        if self.mode != "ensemble" or len(self.all_members()) == 1 or self.val_set is None:
-            return
-        monitor = str(ctx.cfg.eval.monitor)
-        self.eval()
-        best, best_w = -1.0, None
-        with torch.no_grad():
-            for w in simplex_grid(len(self.all_members()), self.ensemble_grid):
-                wt = torch.tensor(w)
-                value = evaluate(self.val_set, self.score_fn("val", wt), self.ks, self.eval_batch_size,
-                                 device=self.device).get(monitor, -1.0)
-                if value > best:
-                    best, best_w = value, wt
-        self.ens_weights = best_w.to(self.ens_weights)
-        ctx.log_params({"fusion.ensemble_weights": ",".join(f"{x:.2f}" for x in best_w.tolist())})
-
-    def extra_metrics(self, ctx: RunContext) -> dict[str, float]:
+    def report(self, built: Built, inputs: StrategyInputs) -> dict[str, float]:
         """The learnt source weights (weighted, ensemble) or mean gate values (gate), per source."""
-        return {**super().extra_metrics(ctx), **self.source_weights(ctx)}
-
-    def source_weights(self, ctx: RunContext) -> dict[str, float]:
-        names = self.used_sources
-        if self.mode == "ensemble":
-            return {f"fusion/weight_{n}": float(w) for n, w in zip(names, self.ens_weights.tolist(), strict=True)}
-        if self.mode == "weighted":
-            alpha = F.softmax(self.backbone.head.logits.detach().cpu(), 0)
+        names, model, mode = self.used_sources, built.model, self.settings.fusion.mode
+        if mode == "ensemble":
+            return {f"fusion/weight_{n}": float(w) for n, w in zip(names, model.weights.tolist(), strict=True)}
+        head = model.backbone.head
+        if mode == "weighted":
+            alpha = F.softmax(head.logits.detach().cpu(), 0)
             return {f"fusion/weight_{n}": float(a) for n, a in zip(names, alpha, strict=True)}
-        if self.mode == "gate":
-            head = self.backbone.head
-            users = torch.arange(ctx.target.n_users, device=self.device)
+        if mode == "gate":
+            users = torch.arange(inputs.target.n_users, device=model.device)
             with torch.no_grad():
                 g = torch.cat([head.weights(users[i: i + 4096]) for i in range(0, users.numel(), 4096)]).cpu()
             out = {f"fusion/gate_{n}": float(g[:, s].mean()) for s, n in enumerate(names)}
-            cold = torch.tensor(np.asarray(ctx.target.cold_users, dtype=np.int64))
+            cold = torch.tensor(np.asarray(inputs.target.cold_users, dtype=np.int64))
             if cold.numel():
                 out.update({f"fusion/gate_cold_{n}": float(g[cold, s].mean()) for s, n in enumerate(names)})
             return out
         return {}
+

@@ -29,9 +29,10 @@ outer loop then learns a mapping that hurts cold users.
 
 Tasks are batched (``task_batch_size`` users per meta-batch) and the inner loop is vectorised over
 them with ``torch.func.vmap``; the backbone keeps training on the plain target pairs
-(``rec_weight``), so warm users and items stay trained. Everything runs in one Lightning
-manual-optimisation step; under ``trainer=ddp`` the task and pair batches are sharded across
-processes by Lightning's distributed sampler and ``manual_backward`` averages the gradients.
+(``rec_weight``), so warm users and items stay trained. Everything runs in one step of the training
+loop (:mod:`tlexp.training.module`); under ``trainer=ddp`` the task and pair batches are sharded
+across processes by Lightning's distributed sampler and the gradients are averaged as for any other
+strategy.
 
 At test time a cold-start user is scored with ``mapping(source representation)`` (``test_cold``)
 and, under the k-shot protocol (``test_cold_k<k>``), after the same inner loop on their ``k``
@@ -41,6 +42,7 @@ support items. Warm users are scored by the target table as trained.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -51,12 +53,15 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset
 
-from tlexp.context import RunContext
-from tlexp.data.datamodule import EvalTrigger, datamodule_for, keep_batch
-from tlexp.errors import ConfigError
-from tlexp.evaluation.kshot import support_loss
-from tlexp.strategies.emcdr import MappedColdUsers, Mapping
-from tlexp.strategies.finetune import FineTune
+from tlexp.core.errors import ConfigError
+from tlexp.data.datamodule import EvalTrigger, keep_batch
+from tlexp.data.scenario import Scenario
+from tlexp.evaluation.kshot import Adapter, support_loss
+from tlexp.models.base import Backbone
+from tlexp.models.mapping import MappedColdUsers, Mapping, source_user_reprs
+from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
+from tlexp.training.module import Objective, TrainingModule
+from tlexp.training.transfer import lr_scales, transfer_weights
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
 Params = dict[str, torch.Tensor]
@@ -144,84 +149,66 @@ class MetaDataModule(pl.LightningDataModule):
         return DataLoader(EvalTrigger(), batch_size=1)
 
 
-# ----- the strategy -----
+# ----- settings -----
 
-class Meta(MappedColdUsers, FineTune):
-    """MAML / FOMAML / Reptile over per-user tasks, from the source-pretrained backbone."""
+@dataclass(frozen=True)
+class MetaSettings:
+    """``meta.*`` (conf/strategy/meta.yaml)."""
 
-    def __init__(self, *args: Any, algorithm: str = "maml", inner_steps: int = 3, inner_lr: float = 0.1,
-                 inner_params: Sequence[str] = ("user",), train_shots: Sequence[int] = (1, 3, 5),
-                 query_size: int = 10, task_batch_size: int = 64, rec_weight: float = 1.0,
-                 meta_weight: float = 1.0, mapping: str = "linear", hidden: Sequence[int] = (128,),
-                 test_shots: Sequence[int] = (1, 3, 5), learn_inner_lr: bool = True, task_share: float = 0.5,
-                 meta_items: bool = False, meta_lr_scale: float = 1.0, anchor_weight: float = 1.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if algorithm not in ALGORITHMS:
-            raise ConfigError(f"meta.algorithm '{algorithm}' is unknown; use one of {list(ALGORITHMS)}")
-        bad = set(inner_params) - {"user", "map"}
-        if bad or not inner_params:
-            raise ConfigError(f"meta.inner_params {list(inner_params)}: use a non-empty subset of [user, map]")
-        if algorithm == "reptile" and "map" not in inner_params:
+    algorithm: str = "maml"
+    inner_steps: int = 3
+    inner_lr: float = 0.1
+    learn_inner_lr: bool = True
+    inner_params: tuple[str, ...] = ("user",)
+    train_shots: tuple[int, ...] = (1, 3, 5)
+    query_size: int = 10
+    task_share: float = 0.5
+    meta_items: bool = False
+    meta_lr_scale: float = 1.0
+    anchor_weight: float = 1.0
+    task_batch_size: int = 64
+    rec_weight: float = 1.0
+    meta_weight: float = 1.0
+    mapping: str = "linear"
+    hidden: tuple[int, ...] = (128,)
+    test_shots: tuple[int, ...] = (1, 3, 5)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"meta.algorithm '{self.algorithm}' is unknown; use one of {list(ALGORITHMS)}")
+        bad = set(self.inner_params) - {"user", "map"}
+        if bad or not self.inner_params:
+            raise ConfigError(f"meta.inner_params {list(self.inner_params)}: use a non-empty subset of [user, map]")
+        if self.algorithm == "reptile" and "map" not in self.inner_params:
             raise ConfigError("meta.algorithm=reptile meta-learns the weights its inner loop adapts: "
                               "add map to meta.inner_params (e.g. meta.inner_params=[user,map])")
-        self.automatic_optimization = False
-        self.algorithm, self.inner_steps, self.inner_lr = algorithm, int(inner_steps), float(inner_lr)
-        self.inner_params = list(inner_params)
-        self.train_shots = sorted(int(k) for k in train_shots)
-        self.query_size, self.task_batch_size = int(query_size), int(task_batch_size)
-        self.task_share, self.meta_items = float(task_share), bool(meta_items)
-        self.meta_lr_scale, self.anchor_weight = float(meta_lr_scale), float(anchor_weight)
-        self.rec_weight, self.meta_weight = float(rec_weight), float(meta_weight)
-        self.mapping_kind, self.hidden = mapping, list(hidden)
-        self.test_shots = [int(k) for k in test_shots]
+        if not self.train_shots:
+            raise ConfigError("meta.train_shots must name at least one support size, e.g. [1,3,5]")
+        object.__setattr__(self, "train_shots", tuple(sorted(int(k) for k in self.train_shots)))
+
+
+# ----- the model: cold users through a meta-learnt mapping and inner loop -----
+
+class MetaRecommender(MappedColdUsers):
+    """Cold-start users start from ``mapping(source representation)`` and adapt with the meta-learnt
+    inner loop on their k support items; warm users are scored by the target backbone."""
+
+    def __init__(self, backbone: Backbone, src_user: torch.Tensor, has_source: torch.Tensor, has_train: torch.Tensor,
+                 mapping: Mapping, settings: MetaSettings):
+        super().__init__(backbone, src_user, has_source, has_train, mapping)
+        self.algorithm, self.inner_steps, self.inner_lr = settings.algorithm, settings.inner_steps, settings.inner_lr
+        self.inner_params = list(settings.inner_params)
         # Meta-SGD (Li et al. 2017): one learnt step size per fast weight; Reptile has no outer
         # gradient for it, so it keeps the fixed one.
-        self.learn_inner_lr = bool(learn_inner_lr) and algorithm != "reptile"
+        self.learn_inner_lr = bool(settings.learn_inner_lr) and settings.algorithm != "reptile"
         self.log_lr = nn.ParameterDict()
-        self.mapping: Mapping | None = None
-        self.tasks: TaskDataset | None = None
-        self.register_buffer("src_user", torch.zeros(0), persistent=False)
-        self.register_buffer("use_mapped", torch.zeros(0, dtype=torch.bool), persistent=False)
-
-    # ----- hooks -----
-    def prepare(self, ctx: RunContext) -> None:
-        pre = ctx.pretrained()
-        ctx.reseed()
-        has_src, has_train = self.init_source_users(ctx, pre.backbone)
-        train = ctx.target.train
-        counts = np.bincount(train["user"].to_numpy(), minlength=ctx.target.n_users)
-        eligible = np.flatnonzero(has_src.numpy() & (counts > self.train_shots[-1]))
-        n_tasks = int(round(self.task_share * eligible.size))
-        if n_tasks == 0:
-            raise ConfigError(f"meta needs overlap users with more than {self.train_shots[-1]} target training "
-                              f"interactions to build tasks; {ctx.source.name} -> {ctx.target.name} has "
-                              f"{eligible.size} (meta.task_share={self.task_share}) — lower meta.train_shots, raise "
-                              "meta.task_share or pick a scenario with shared users")
-        users = np.sort(np.random.default_rng(int(ctx.cfg.seed)).choice(eligible, n_tasks, replace=False))
-        # Task users do not carry their source embedding into the target table: the plain loss fits
-        # the item side to their table rows, and with rows equal to the source embedding that the
-        # meta path starts from, their query items would be fitted to exactly that start — in-sample
-        # tasks far easier than a cold-start user's, which misleads the outer loop.
-        user_map = ctx.user_map().clone()
-        user_map[torch.from_numpy(users)] = -1
-        moved = self.transfer(pre.backbone, user_map, ctx.item_map())
-        with torch.no_grad():
-            d_t = self.backbone.user_repr(self.eval_batch(torch.zeros(1, dtype=torch.long))).shape[-1]
-        self.mapping = Mapping(self.src_user.shape[1], d_t, self.mapping_kind, self.hidden)
         if self.learn_inner_lr:
             for name, value in self.init_fast(1, detach=True).items():
                 self.log_lr[name.replace(".", "__")] = nn.Parameter(
                     torch.full(value.shape[1:], float(np.log(self.inner_lr))))
-        self.tasks = task_dataset(train, users, self.train_shots[-1], self.query_size)
-        ctx.log_params({"transfer.moved": ",".join(moved), "meta.tasks": int(users.size),
-                        "meta.eligible_users": int(eligible.size), "meta.mapped_users": int(self.use_mapped.sum())})
 
-    def make_datamodule(self, ctx: RunContext) -> pl.LightningDataModule:
-        rec = datamodule_for(ctx.target, self.backbone, ctx.cfg.batch_size, ctx.cfg.num_workers)
-        return MetaDataModule(rec, self.tasks, self.task_batch_size)
-
-    def kshot_shots(self, ctx: RunContext) -> list[int]:
-        return super().kshot_shots(ctx) or self.test_shots
+    def meta_parameter_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters() if n.startswith(("mapping.", "log_lr."))]
 
     # ----- the task model: a user vector from (fast weights, source representation) -----
     def init_fast(self, n: int, detach: bool = False) -> Params:
@@ -265,93 +252,10 @@ class Meta(MappedColdUsers, FineTune):
                           (reprs, slow), self.inner_steps, self.inner_lrs(detach=detach_init),
                           first_order=first_order)
 
-    # ----- training -----
-    def meta_objective(self, task: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The outer loss of one meta-batch (MAML/FOMAML: query loss after adaptation; Reptile: pull)."""
-        users, seq = task["user"], task["seq"]
-        k = self.train_shots[int(torch.randint(len(self.train_shots), (1,)))]
-        x = self.src_user[users]
-        item_reprs = self.backbone.item_repr()
-        if not self.meta_items:  # the item side learns from the plain loss only
-            item_reprs = item_reprs.detach()
-        support, sw = seq[:, :k], torch.ones(seq.shape[0], k, device=seq.device)
-        query = seq[:, self.train_shots[-1]:]
-        qw = (query >= 0).float()
-        query = query.clamp(min=0)
-        slow = self._slow_map(detach=False)
-        per_task = vmap(self.task_loss, in_dims=(0, 0, 0, 0, None, None))
-        if self.algorithm == "reptile":
-            items, w = seq.clamp(min=0), (seq >= 0).float()
-            adapted = self.adapt(x, items, w, item_reprs, first_order=True, detach_init=True)
-            init = {f"map.{n}": p for n, p in self.mapping.named_parameters()}
-            loss = reptile_loss(init, adapted)
-            with torch.no_grad():
-                q_loss = per_task(adapted, x, query, qw, item_reprs, slow).mean()
-        else:
-            adapted = self.adapt(x, support, sw, item_reprs, first_order=self.algorithm == "fomaml")
-            loss = q_loss = per_task(adapted, x, query, qw, item_reprs, slow).mean()
-        with torch.no_grad():
-            before = per_task(self.init_fast(x.shape[0], detach=True), x, query, qw, item_reprs.detach(),
-                              self._slow_map(detach=True)).mean()
-        stats = {"train/meta_query_loss": float(q_loss.detach()), "train/meta_query_loss_before": float(before)}
-        if self.learn_inner_lr:
-            lrs = torch.cat([v.detach().exp().flatten() for v in self.log_lr.values()])
-            stats["train/meta_inner_lr"] = float(lrs.mean())
-        if self.anchor_weight:
-            # EMCDR-style anchor: the start should also be close to the user's own target row
-            # (detached; task users' rows are fresh, so this does not leak the source embedding)
-            rows = self.backbone.user_repr(self.eval_batch(users)).detach()
-            anchor = (self.task_vector_batch(x) - rows).pow(2).sum(-1).mean()
-            loss = loss + self.anchor_weight * anchor
-            stats["train/meta_anchor"] = float(anchor.detach())
-        return loss, stats
-
-    def task_vector_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """The start (no adaptation) of a batch of tasks: ``mapping(x)``."""
-        return self.mapping(x)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """FineTune's groups, with the meta-learnt parameters (mapping, step sizes) at ``meta_lr_scale``."""
-        meta = {id(p) for p in [*self.mapping.parameters(), *self.log_lr.parameters()]}
-        groups = []
-        for g in super().param_groups():
-            rest = [p for p in g["params"] if id(p) not in meta]
-            if rest:
-                groups.append({**g, "params": rest})
-        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr", 1e-3)
-        groups.append({"params": [p for p in self.parameters() if id(p) in meta and p.requires_grad],
-                       "lr": base_lr * self.meta_lr_scale})
-        return groups
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        opt = self.optimizers()
-        rec_batch, task = batch["rec"], batch["task"]
-        rec = self.loss(self.backbone, rec_batch)
-        meta, stats = self.meta_objective(task)
-        total = self.rec_weight * rec + self.meta_weight * meta
-        opt.zero_grad()
-        self.manual_backward(total)
-        opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None and self._sched_interval() == "step":
-            sched.step()
-        n = int(rec_batch["user"].shape[0])
-        self.log("train/loss", total.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/rec_loss", rec.detach(), on_step=False, on_epoch=True, batch_size=n)
-        self.log_dict(stats, on_step=False, on_epoch=True, batch_size=int(task["user"].shape[0]))
-        return total.detach()
-
-    def on_train_epoch_end(self) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None and self._sched_interval() == "epoch":
-            sched.step()
-
-    def _sched_interval(self) -> str:
-        per_step = getattr(getattr(self.scheduler_factory, "func", self.scheduler_factory), "wants_total_steps", False)
-        return "step" if per_step else "epoch"
-
     # ----- k-shot: the meta-learned inner loop -----
-    def kshot_adapter(self, ctx: RunContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def kshot_adapter(self, steps: int = 0, lr: float = 0.1) -> Adapter:
+        """The meta-learned inner loop on the support set (its own steps and step sizes; ``steps``/``lr``
+        of the baseline adapter do not apply)."""
         def adapter(users: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 item_reprs = self.backbone.item_repr()
@@ -371,3 +275,128 @@ class Meta(MappedColdUsers, FineTune):
 
     def src_user_mask(self, users: torch.Tensor) -> torch.Tensor:
         return self.src_user.to(users.device)[users].abs().sum(-1) > 0
+
+
+# ----- the objective -----
+
+class MetaObjective(Objective):
+    """The plain target loss (``rec_weight``) plus the meta objective over a batch of tasks (``meta_weight``)."""
+
+    def __init__(self, loss: nn.Module, settings: MetaSettings):
+        super().__init__()
+        self.loss = loss
+        self.train_shots = list(settings.train_shots)
+        self.meta_items, self.anchor_weight = bool(settings.meta_items), float(settings.anchor_weight)
+        self.rec_weight, self.meta_weight = float(settings.rec_weight), float(settings.meta_weight)
+
+    def attach(self, item_counts: torch.Tensor) -> None:
+        attach = getattr(self.loss, "attach", None)
+        if attach is not None:
+            attach(item_counts)
+
+    def meta_objective(self, model: MetaRecommender,
+                       task: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The outer loss of one meta-batch (MAML/FOMAML: query loss after adaptation; Reptile: pull)."""
+        users, seq = task["user"], task["seq"]
+        k = self.train_shots[int(torch.randint(len(self.train_shots), (1,)))]
+        x = model.src_user[users]
+        item_reprs = model.backbone.item_repr()
+        if not self.meta_items:  # the item side learns from the plain loss only
+            item_reprs = item_reprs.detach()
+        support, sw = seq[:, :k], torch.ones(seq.shape[0], k, device=seq.device)
+        query = seq[:, self.train_shots[-1]:]
+        qw = (query >= 0).float()
+        query = query.clamp(min=0)
+        slow = model._slow_map(detach=False)
+        per_task = vmap(model.task_loss, in_dims=(0, 0, 0, 0, None, None))
+        if model.algorithm == "reptile":
+            items, w = seq.clamp(min=0), (seq >= 0).float()
+            adapted = model.adapt(x, items, w, item_reprs, first_order=True, detach_init=True)
+            init = {f"map.{n}": p for n, p in model.mapping.named_parameters()}
+            loss = reptile_loss(init, adapted)
+            with torch.no_grad():
+                q_loss = per_task(adapted, x, query, qw, item_reprs, slow).mean()
+        else:
+            adapted = model.adapt(x, support, sw, item_reprs, first_order=model.algorithm == "fomaml")
+            loss = q_loss = per_task(adapted, x, query, qw, item_reprs, slow).mean()
+        with torch.no_grad():
+            before = per_task(model.init_fast(x.shape[0], detach=True), x, query, qw, item_reprs.detach(),
+                              model._slow_map(detach=True)).mean()
+        stats = {"train/meta_query_loss": float(q_loss.detach()), "train/meta_query_loss_before": float(before)}
+        if model.learn_inner_lr:
+            lrs = torch.cat([v.detach().exp().flatten() for v in model.log_lr.values()])
+            stats["train/meta_inner_lr"] = float(lrs.mean())
+        if self.anchor_weight:
+            # EMCDR-style anchor: the start should also be close to the user's own target row
+            # (detached; task users' rows are fresh, so this does not leak the source embedding)
+            rows = model.backbone.user_repr(model.eval_batch(users)).detach()
+            anchor = (model.mapping(x) - rows).pow(2).sum(-1).mean()
+            loss = loss + self.anchor_weight * anchor
+            stats["train/meta_anchor"] = float(anchor.detach())
+        return loss, stats
+
+    def step(self, module: TrainingModule, batch: dict[str, Any]) -> torch.Tensor:
+        model = module.model
+        rec_batch, task = batch["rec"], batch["task"]
+        rec = self.loss(model.backbone, rec_batch)
+        meta, stats = self.meta_objective(model, task)
+        total = self.rec_weight * rec + self.meta_weight * meta
+        n = int(rec_batch["user"].shape[0])
+        module.log_train("train/loss", total.detach(), batch_size=n, prog_bar=True)
+        module.log_train("train/rec_loss", rec.detach(), batch_size=n)
+        for name, value in stats.items():
+            module.log_train(name, value, batch_size=int(task["user"].shape[0]))
+        return total
+
+
+# ----- the strategy -----
+
+class Meta(Strategy):
+    """MAML / FOMAML / Reptile over per-user tasks, from the source-pretrained backbone."""
+
+    Settings = MetaSettings
+    settings_node = "meta"
+    uses_transfer = True
+    uses_source = True
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        return [SourceModel()]
+
+    def kshot_shots(self) -> list[int]:
+        return [int(k) for k in self.settings.test_shots]
+
+    def build(self, inputs: StrategyInputs) -> Built:
+        s = self.settings
+        pre = inputs.models["source"].backbone
+        src_user, has_src = source_user_reprs(pre, inputs.user_map())
+        target = inputs.target
+        has_train = MappedColdUsers.has_train_rows(target.train["user"].to_numpy(), target.n_users)
+        counts = np.bincount(target.train["user"].to_numpy(), minlength=target.n_users)
+        eligible = np.flatnonzero(has_src.numpy() & (counts > s.train_shots[-1]))
+        n_tasks = int(round(s.task_share * eligible.size))
+        if n_tasks == 0:
+            raise ConfigError(f"meta needs overlap users with more than {s.train_shots[-1]} target training "
+                              f"interactions to build tasks; {inputs.source.name} -> {target.name} has "
+                              f"{eligible.size} (meta.task_share={s.task_share}) — lower meta.train_shots, raise "
+                              "meta.task_share or pick a scenario with shared users")
+        users = np.sort(np.random.default_rng(inputs.seed).choice(eligible, n_tasks, replace=False))
+        # Task users do not carry their source embedding into the target table: the plain loss fits
+        # the item side to their table rows, and with rows equal to the source embedding that the
+        # meta path starts from, their query items would be fitted to exactly that start — in-sample
+        # tasks far easier than a cold-start user's, which misleads the outer loop.
+        user_map = inputs.user_map().clone()
+        user_map[torch.from_numpy(users)] = -1
+        backbone = inputs.backbone
+        moved = transfer_weights(backbone, pre, user_map, inputs.item_map(), self.transfer)
+        with torch.no_grad():
+            d_t = backbone.user_repr({"user": torch.zeros(1, dtype=torch.long), "split": "test"}).shape[-1]
+        mapping = Mapping(src_user.shape[1], d_t, s.mapping, s.hidden)
+        model = MetaRecommender(backbone, src_user, has_src, has_train, mapping, s)
+        tasks = task_dataset(target.train, users, s.train_shots[-1], s.query_size)
+        inputs.log.log_params({"transfer.moved": ",".join(moved), "meta.tasks": int(users.size),
+                               "meta.eligible_users": int(eligible.size),
+                               "meta.mapped_users": int(model.use_mapped.sum())})
+        scales = lr_scales(moved, self.transfer.lr_scale)
+        scales.update({n: s.meta_lr_scale for n in model.meta_parameter_names()})
+        data = MetaDataModule(inputs.pairs(), tasks, s.task_batch_size)
+        return Built(model, MetaObjective(inputs.make_loss(), s), data, scales)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from tlexp.context import RunContext
+from tlexp.data.scenario import DomainData
 from tlexp.models.base import Backbone
 from tlexp.models.popularity import Popularity
-from tlexp.strategies.base import RecStrategy
+from tlexp.models.recommender import Recommender
+from tlexp.strategies.base import Built, Strategy, StrategyInputs
 
 
-class Popular(RecStrategy):
-    """The sanity floor: the pipeline evaluates it without fitting."""
+class Popular(Strategy):
+    """The sanity floor: evaluated as built, without fitting."""
 
     trains = False
 
-    @classmethod
-    def make_backbone(cls, ctx: RunContext) -> Backbone:
-        t = ctx.target
-        return Popularity(t.n_users, np.bincount(t.train["item"].to_numpy(), minlength=t.n_items))
+    def make_backbone(self, target: DomainData, build: Callable[[Any], Backbone]) -> Backbone:
+        return Popularity(target.n_users, np.bincount(target.train["item"].to_numpy(), minlength=target.n_items))
+
+    def build(self, inputs: StrategyInputs) -> Built:
+        return Built(Recommender(inputs.backbone))

@@ -12,11 +12,11 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp.tracking.store import artifact_location, get_or_create_experiment, resolve_tracking_uri
+from tlexp.tracking.store import artifact_location, get_or_create_experiment
 
 MAX_PARAM_LEN = 6000
 
@@ -47,25 +47,47 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+class RunLog(Protocol):
+    """What code below the pipeline may record about the run it is part of (strategies, stages)."""
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+
+class NullLog:
+    """A :class:`RunLog` that records nothing: outside a tracked run (serving, tests, DDP workers)."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+
 class TrackedRun:
     """A context manager around one MLflow run: ``with TrackedRun(...) as run: ...``."""
 
-    def __init__(self, cfg: DictConfig, tags: dict[str, str], experiment_name: str, run_name: str):
+    def __init__(self, tracking_uri: str, output_root: str | Path, tags: dict[str, str], experiment_name: str,
+                 run_name: str):
         from mlflow.tracking import MlflowClient
 
-        out_root = cfg.paths.output_root
-        self.tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri, out_root)
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_name = experiment_name
         self.experiment_id = get_or_create_experiment(
-            self.client, experiment_name, artifact_location(self.tracking_uri, out_root))
+            self.client, experiment_name, artifact_location(self.tracking_uri, output_root))
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         # Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which also exports
         # MLFLOW_TRACKING_URI: remembered here, put back on exit, so that a later run in this
         # process (tests, notebooks, sweeps with the basic launcher) does not log to this store.
         self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-        self.cfg = cfg
         self.status = "RUNNING"
 
     # ----- logging -----
@@ -136,4 +158,34 @@ class TrackedRun:
         self.status = status
         self.client.set_terminated(self.run_id, status=status)
         self._restore_tracking_uri()
+        return False
+
+
+class UntrackedRun(NullLog):
+    """Stands in for :class:`TrackedRun` where a run must not be recorded: the non-main processes of
+    a multi-process (DDP) run, which compute everything the main process does and record nothing."""
+
+    run_id = ""
+    client = None
+    status = "RUNNING"
+
+    def __init__(self, tracking_uri: str = "") -> None:
+        self.tracking_uri = tracking_uri
+
+    def log_config(self, cfg: DictConfig) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
+        pass
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def lightning_logger(self) -> bool:
+        return False
+
+    def __enter__(self) -> UntrackedRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
         return False

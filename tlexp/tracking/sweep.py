@@ -14,21 +14,19 @@ makes Hydra raise), an ``atexit`` hook ends it FAILED, so no parent is left RUNN
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from tlexp.tracking.queries import PARENT_TAG, search_runs
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "tlexp_sweep.json"
-PARENT_TAG = "tlexp.sweep_parent"  # "true" on parent runs: `tlexp compare` leaves them out
 
 
 @dataclass
@@ -150,8 +148,6 @@ def sweep_tags(tracking_uri: str) -> dict[str, str]:
 
 def sweep_runs(info: SweepInfo, parents: bool = False):
     """The sweep's runs (children; ``parents=True`` adds the parent) as a DataFrame, all experiments."""
-    from tlexp.compare import search_runs
-
     df = search_runs(info.tracking_uri, filter_string=f"tags.sweep_id = '{info.sweep_id}'")
     if not parents and f"tags.{PARENT_TAG}" in df.columns:
         df = df[df[f"tags.{PARENT_TAG}"] != "true"]
@@ -178,40 +174,3 @@ def end_parent_run(info: SweepInfo, status: str | None = None) -> str:
     status = status or "FINISHED"
     client.set_terminated(info.parent_run_id, status=status)
     return status
-
-
-_OPEN: dict[str, SweepInfo] = {}
-
-
-@atexit.register
-def _end_open_parents() -> None:
-    """A sweep that raised never reaches on_multirun_end: end its parent FAILED, not RUNNING."""
-    for info in list(_OPEN.values()):
-        try:
-            end_parent_run(info, "FAILED")
-        except Exception:  # noqa: BLE001 - at exit, report and move on
-            log.warning("could not end sweep parent run %s", info.parent_run_id)
-    _OPEN.clear()
-
-
-class MlflowSweepCallback(Callback):
-    """Registered in conf/hydra/default.yaml; active for multiruns only (single runs ignore it).
-
-    It keeps no MLflow objects as attributes: Hydra pickles callbacks into launcher workers.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        info = start_parent_run(config, sweep_dir)
-        _OPEN[info.sweep_id] = info
-        log.info("sweep %s: MLflow parent run %s in experiment '%s' at %s", info.sweep_id,
-                 info.parent_run_id, info.experiment_name, info.tracking_uri)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        info = read_sweep_file(Path(str(config.hydra.sweep.dir)))
-        if info is None:
-            return
-        end_parent_run(info)
-        _OPEN.pop(info.sweep_id, None)
-        print(f"sweep {info.sweep_id}: parent MLflow run {info.parent_run_id} in experiment "
-              f"'{info.experiment_name}'  (compare: tlexp compare --sweep {info.sweep_id})")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from tlexp.data.cleaning import CleaningConfig, clean_interactions
 from tlexp.data.domain import Domain
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

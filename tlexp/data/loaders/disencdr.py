@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tlexp.data.loaders.base import FileLoader, position_in_user, read_delimited, to_int64
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 
 class DisenCDRLoader(FileLoader):

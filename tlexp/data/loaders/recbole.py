@@ -36,7 +36,7 @@ from tlexp.data.loaders.base import (
     require_columns,
     to_float,
 )
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
 AUTO = "auto"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tlexp.data.loaders.base import FileLoader, join_text, read_delimited, require_columns, to_int64
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 
 def _lines(path: Path, domain: str) -> list[tuple[int, str]]:

@@ -37,7 +37,7 @@ from tlexp.data.loaders.base import (
     require_columns,
     to_float,
 )
-from tlexp.errors import DataError
+from tlexp.core.errors import DataError
 
 AUTO = "auto"
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".inter": "\t", ".dat": "\t", ".txt": "\t"}

@@ -1,0 +1,1 @@
+"""Entry points: the ``tlexp`` command (:mod:`tlexp.cli.app`) and its subcommands, one module each."""

@@ -1,0 +1,115 @@
+"""The ``tlexp`` command. Subcommands import their heavy dependencies lazily, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+HELP = """\
+tlexp — transfer-learning experiments for recommender systems
+
+usage: tlexp <command> [args]
+
+commands:
+  run [overrides]   run one experiment (Hydra overrides, e.g. strategy=scratch data=ecommerce seed=1;
+                    -m for a sweep: tlexp run -m strategy=scratch,finetune seed=0,1,2;
+                    --help for the config groups and their choices;
+                    shell completion: eval "$(tlexp run -sc install=bash)")
+  data list         the data presets and domains
+  data describe     dataset statistics of a scenario (e.g. tlexp data describe data=social)
+  ui [--port P]     the MLflow UI on 127.0.0.1 over the same store as tlexp run
+  compare [opts]    table of logged runs: mean ± std over seeds per group, gain over scratch with a
+                    paired t-test (--experiment, --sweep ID|latest, --metric, --by, --csv, --markdown,
+                    --plot out.png; tlexp compare --help)
+  recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv]
+                    top-K unseen items (with titles) per user from a finished run's model
+"""
+
+SUBCOMMANDS = ("run", "data", "ui", "compare", "recommend")
+
+
+def _is_run_argument(arg: str) -> bool:
+    """Arguments that only make sense to ``tlexp run``: Hydra overrides (``key=value``, ``+key=v``,
+    ``~key``) and Hydra's flags. ``tlexp <overrides>`` is how Lightning's ``ddp`` relaunches a run
+    and how Hydra's completion asks for candidates, so it means ``tlexp run <overrides>``."""
+    return "=" in arg or arg.startswith(("+", "~", "-m", "--multirun", "-sc", "--shell-completion", "-c", "--cfg",
+                                         "-p", "--package", "--info", "--resolve", "--hydra-help", "-cd", "-cp",
+                                         "--config"))
+
+
+def _strip_run_from_completion_line() -> None:
+    """Hydra's bash completion sends the whole command line (``tlexp run stra``) in ``COMP_LINE`` and
+    strips only the program name; the ``run`` word would be read as an override."""
+    line = os.environ.get("COMP_LINE")
+    if line is None:
+        return
+    stripped = re.sub(r"^(\s*\S+)\s+run(\s|$)", r"\1\2", line, count=1)
+    if stripped != line:
+        os.environ["COMP_LINE"] = stripped
+        point = os.environ.get("COMP_POINT")
+        if point is not None and point.isdigit():
+            os.environ["COMP_POINT"] = str(max(0, int(point) - (len(line) - len(stripped))))
+
+
+def _ui(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tlexp ui", description="MLflow UI over tlexp's store, on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--outputs", default=os.environ.get("TLEXP_OUTPUTS", "outputs"),
+                        help="tlexp's outputs folder (holds the embedded store)")
+    parser.add_argument("--print-command", action="store_true", help="print the mlflow command and exit")
+    args = parser.parse_args(argv)
+    from tlexp.tracking.store import EMBEDDED_ARTIFACTS, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None, args.outputs)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if uri.startswith("sqlite:"):
+        from pathlib import Path
+
+        cmd += ["--default-artifact-root", (Path(args.outputs).resolve() / EMBEDDED_ARTIFACTS).as_uri()]
+    if args.print_command:
+        print(" ".join(cmd))
+        return 0
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(HELP)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run" or _is_run_argument(cmd):
+        from tlexp.cli.run import main as run_main
+
+        _strip_run_from_completion_line()
+        return run_main(rest if cmd == "run" else argv)
+    if cmd == "ui":
+        return _ui(rest)
+    if cmd == "compare":
+        from tlexp.cli.compare import main as compare_main
+
+        return compare_main(rest)
+    if cmd == "recommend":
+        from tlexp.cli.recommend import main as recommend_main
+
+        return recommend_main(rest)
+    if cmd == "data":
+        from tlexp.cli.data import main as data_main
+
+        return data_main(rest)
+    print(f"tlexp: unknown command '{cmd}'\n\n{HELP}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""From a config to a built model: scenario, strategy, the stages it declared, the target backbone.
+
+Shared by ``tlexp run`` (:mod:`tlexp.pipeline.run`) and ``tlexp recommend`` (which rebuilds a
+logged run's model the same way before loading its weights), so that both construct exactly the
+same thing. This is the one place that turns the run's config into the typed settings and inputs
+strategies receive.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.seed import isolate_rng
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from tlexp.core.config import domain_spec
+from tlexp.core.errors import ConfigError
+from tlexp.data.scenario import DomainData, Scenario, build_scenario
+from tlexp.evaluation.plan import EvalSettings, KShotSettings
+from tlexp.models.base import Backbone, build_backbone
+from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
+from tlexp.tracking.run import RunLog
+from tlexp.training.pretraining import finetune_teacher, pretrain_source
+from tlexp.training.settings import TrainSettings
+from tlexp.training.transfer import TransferSettings
+
+log = logging.getLogger(__name__)
+
+
+# ----- data -----
+def load_scenario(cfg: DictConfig) -> tuple[Scenario, dict]:
+    """Instantiate the source/target loaders and build (or fetch) the processed scenario."""
+    source, target = instantiate(cfg.source), instantiate(cfg.target)
+    scenario = build_scenario(source, target, dict(cfg.split), cfg.paths.cache_dir)
+    return scenario, source.fingerprint()
+
+
+def extra_source(cfg: DictConfig, scenario: Scenario, source_fp: dict, name: str) -> tuple[DomainData, dict]:
+    """A source domain by its ``conf/domain`` name, split like the run's source; and its fingerprint.
+
+    The scenario's own source is returned as is. Another domain is split through the scenario
+    cache paired with this run's target (only its source side is used), so a second run finds it.
+    """
+    if name == scenario.source.name:
+        return scenario.source, source_fp
+    host = copy.deepcopy(cfg)  # the domain file's ${world}, ${paths...} resolve against this run
+    with open_dict(host):
+        host["_extra_"] = domain_spec(name)
+    loader = instantiate(OmegaConf.to_container(host["_extra_"], resolve=True))
+    if loader.name == scenario.target.name:
+        raise ConfigError(f"source domain '{name}' is the run's target; pick another source domain")
+    extra = build_scenario(loader, instantiate(cfg.target), dict(cfg.split), cfg.paths.cache_dir)
+    return extra.source, loader.fingerprint()
+
+
+def check_scenario(strategy: Strategy, scenario: Scenario) -> None:
+    n_overlap = int(scenario.overlap_users().size)
+    if strategy.requires_overlap and n_overlap == 0:
+        raise ConfigError(f"strategy '{strategy.name}' needs users present in both domains, but "
+                          f"{scenario.source.name} and {scenario.target.name} share none; pick a scenario with "
+                          f"overlap users or a strategy that does not need them (e.g. adapt, scratch)")
+    if strategy.uses_source and n_overlap == 0:
+        log.warning("no overlap users between %s and %s: only shared weights transfer, no user embeddings",
+                    scenario.source.name, scenario.target.name)
+
+
+# ----- typed settings -----
+def parse_settings(cls: type, node: Any, where: str) -> Any:
+    """``node`` (a config mapping) as an instance of the dataclass ``cls``, type-checked.
+
+    Unknown keys, values of the wrong type and the dataclass's own checks become one-line
+    ConfigErrors naming ``where`` (the config node and its file) and the field.
+    """
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    node = dict(node or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; the settings are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in node.items():
+        values[name] = _coerce(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as ``hint`` says (dataclasses, tuples, optionals, scalars); ConfigError if it cannot be."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        if hint is Any or type(None) in args:
+            return None
+        raise ConfigError(f"{where} must be set (got null)")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return parse_settings(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, e.g. [..], got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and value != int(value)):
+            raise ConfigError(f"{where} must be a{'n integer' if hint is int else ' number'}, got {value!r}")
+        return hint(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def make_strategy(cfg: DictConfig) -> Strategy:
+    """The configured strategy with its typed settings (and the ``transfer`` group if it takes it)."""
+    node = cfg.strategy
+    target = node.get("_target_")
+    name = str(node.get("name") or "strategy")
+    where = f"strategy '{name}' (conf/strategy/{name}.yaml)"
+    if not target:
+        raise ConfigError(f"{where} has no _target_; name the strategy class, e.g. tlexp.strategies.finetune.FineTune")
+    try:
+        cls = get_class(str(target))
+    except Exception as err:  # noqa: BLE001 - Hydra's ImportError wrapper
+        raise ConfigError(f"{where}: cannot import _target_ '{target}' ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"{where}: _target_ '{target}' is not a tlexp Strategy subclass")
+    settings_node = cls.settings_node
+    try:
+        raw = cfg[settings_node] if settings_node != "strategy" else node
+        settings_cfg = OmegaConf.to_container(raw, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where}: {err}") from None
+    settings_cfg = {k: v for k, v in settings_cfg.items() if k not in ("_target_", "name")} \
+        if settings_node == "strategy" else settings_cfg
+    settings = parse_settings(cls.Settings, settings_cfg, settings_node)
+    transfer = parse_settings(TransferSettings, cfg.transfer, "transfer") if cls.uses_transfer else None
+    return cls(name, settings, transfer)
+
+
+def eval_settings(cfg: DictConfig) -> EvalSettings:
+    node = OmegaConf.to_container(cfg.eval, resolve=True)
+    kshot = node.pop("kshot", None) or {}
+    settings = parse_settings(EvalSettings, node, "eval")
+    return dataclasses.replace(settings, kshot=parse_settings(KShotSettings, kshot, "eval.kshot"))
+
+
+# ----- the declared stages -----
+def train_needs(cfg: DictConfig, needs: list[Need], scenario: Scenario, source_fp: dict, settings: TrainSettings,
+                log_to: RunLog, timings: dict[str, float]) -> dict[str, Trained]:
+    """Train (or fetch from the cache) every model a strategy declared, in order, logging how each went.
+
+    Each runs with the random state isolated: what follows does not depend on cache hits or misses.
+    """
+    out: dict[str, Trained] = {}
+    for need in needs:
+        t0 = time.time()
+        with isolate_rng():
+            if isinstance(need, SourceModel):
+                out[need.key] = _source_model(cfg, need, scenario, source_fp, settings, log_to)
+            elif isinstance(need, Teacher):
+                out[need.key] = _teacher(cfg, need, scenario, source_fp, settings, log_to)
+            else:
+                raise TypeError(f"unknown need {need!r}")
+        timings[f"time/{need.tag}_s"] = time.time() - t0
+    return out
+
+
+def _spec(cfg: DictConfig, backbone: Any) -> dict:
+    node = cfg.backbone if backbone is None else backbone
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _source_model(cfg: DictConfig, need: SourceModel, scenario: Scenario, source_fp: dict, settings: TrainSettings,
+                  log_to: RunLog) -> Trained:
+    if need.domain is None:
+        data, fp = scenario.source, source_fp
+    else:
+        data, fp = extra_source(cfg, scenario, source_fp, need.domain)
+    if need.require_shared:
+        users = (data.user_index(scenario.target.users) >= 0).any()
+        items = bool(set(data.items.tolist()) & set(scenario.target.items.tolist()))
+        if not users and not items:
+            raise ConfigError(f"source '{data.name}' shares no users and no items with the target "
+                              f"'{scenario.target.name}': nothing can transfer; pick sources of the same dataset")
+    pre = pretrain_source(settings, data, fp, _spec(cfg, need.backbone))
+    tag = need.tag
+    log_to.set_tags({f"{tag}_cache": "hit" if pre.cache_hit else "miss", f"{tag}_key": pre.key})
+    log_build_info(log_to, pre.build_info, prefix=f"{tag}_")
+    log_to.log_metrics({f"{tag}/val_ndcg_at_10": pre.meta["best_val_ndcg_at_10"],
+                        f"{tag}/best_epoch": pre.meta["best_epoch"], f"{tag}/seconds": pre.meta["seconds"]})
+    return Trained(pre, data)
+
+
+def _teacher(cfg: DictConfig, need: Teacher, scenario: Scenario, source_fp: dict, settings: TrainSettings,
+             log_to: RunLog) -> Trained:
+    pre, fine = finetune_teacher(settings, scenario.source, scenario.target, scenario.key, source_fp,
+                                 _spec(cfg, need.backbone), need.settings)
+    tag = need.tag
+    log_to.set_tags({f"{tag}_pretrain_cache": "hit" if pre.cache_hit else "miss",
+                     f"{tag}_cache": "hit" if fine.cache_hit else "miss", f"{tag}_key": fine.key})
+    log_to.log_metrics({f"{tag}/pretrain_val_ndcg_at_10": pre.meta["best_val_ndcg_at_10"],
+                        f"{tag}/val_ndcg_at_10": fine.meta["best_val_ndcg_at_10"],
+                        f"{tag}/best_epoch": fine.meta["best_epoch"], f"{tag}/seconds": fine.meta["seconds"]})
+    return Trained(fine, scenario.target)
+
+
+def log_build_info(log_to: RunLog, info: dict | None, prefix: str = "") -> None:
+    """Record how a backbone was built (e.g. text-embedding cache hit, encode seconds).
+
+    ``prefix`` goes before each tag name and after ``time/`` in metric names, so that a source
+    model's build (``pretrain_``) and the target model's do not overwrite each other.
+    """
+    if not info:
+        return
+    log_to.set_tags({f"{prefix}{k}": v for k, v in info.get("tags", {}).items()})
+    metrics = {}
+    for k, v in info.get("metrics", {}).items():
+        group, _, name = k.rpartition("/")
+        metrics[f"{group}/{prefix}{name}" if group else f"{prefix}{name}"] = v
+    log_to.log_metrics(metrics)
+
+
+# ----- the model -----
+@dataclass
+class Assembly:
+    """Everything built for one run before training: what the pipeline trains, evaluates and serves."""
+
+    scenario: Scenario
+    strategy: Strategy
+    settings: TrainSettings
+    inputs: StrategyInputs
+    built: Built
+    backbone: Backbone
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def reseed(seed: int, offset: int = 0) -> None:
+    """Reset all RNGs to the run's seed (+ offset)."""
+    pl.seed_everything(int(seed) + offset, workers=True, verbose=False)
+
+
+def assemble(cfg: DictConfig, scenario: Scenario, source_fp: dict, strategy: Strategy, log_to: RunLog) -> Assembly:
+    """Run the strategy's declared stages, build the target backbone and let the strategy build its model."""
+    settings = TrainSettings.from_config(cfg)
+    timings: dict[str, float] = {}
+    needs = strategy.needs(scenario)
+    models = train_needs(cfg, needs, scenario, source_fp, settings, log_to, timings)
+    seed = settings.seed
+
+    def build(spec: Any) -> Backbone:
+        backbone = build_backbone(_spec(cfg, spec), scenario.target)
+        log_build_info(log_to, backbone.tracking_info())
+        return backbone
+
+    reseed(seed)
+    backbone = strategy.make_backbone(scenario.target, build)
+    if needs and strategy.fresh_rng_after_stages:
+        reseed(seed)
+    inputs = StrategyInputs(
+        scenario=scenario, backbone=backbone, models=models, seed=seed, batch_size=settings.batch_size,
+        num_workers=settings.num_workers, make_loss=settings.make_loss,
+        build_backbone=lambda: build(strategy.backbone_spec()), log=log_to,
+        reseed=lambda offset=0: reseed(seed, offset))
+    built = strategy.build(inputs)
+    return Assembly(scenario, strategy, settings, inputs, built, backbone, timings)

@@ -1,0 +1,182 @@
+"""One run, end to end — the only place that knows the order of the stages.
+
+    scenario  -> load and split source and target (cached)
+    stages    -> the models the strategy declared: source pretraining, teachers, extra sources (cached)
+    build     -> the target backbone, then the strategy's model, objective and data
+    fit       -> the one training loop (tlexp/training/module.py), best checkpoint restored
+    finish    -> the strategy's after-fit step, then choices it left to validation
+    evaluate  -> the evaluation plan: validation, test segments, k-shot, extra scorers
+    track     -> one MLflow run: config, params, per-epoch and final metrics, tags, artifacts
+
+Each stage is a call into its own module with plain objects in and out. ``run_pipeline`` returns
+the final metrics so that sweepers (Optuna) can read the validation objective from the return value.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from tlexp.core.distributed import is_main_process
+from tlexp.data.scenario import Scenario
+from tlexp.evaluation.evaluator import top_items
+from tlexp.evaluation.plan import EvaluationPlan
+from tlexp.models.base import backbone_name
+from tlexp.models.recommender import Recommender
+from tlexp.pipeline.build import assemble, check_scenario, eval_settings, load_scenario, make_strategy
+from tlexp.tracking.run import TrackedRun, UntrackedRun, git_sha
+from tlexp.tracking.store import resolve_tracking_uri
+from tlexp.tracking.sweep import sweep_tags
+from tlexp.training.module import TrainingModule, Validation
+from tlexp.training.trainer import build_trainer, fit_best
+
+log = logging.getLogger(__name__)
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment as configured; returns final metrics, run id and store."""
+    t_start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # scenario, strategy (typed settings), plan
+    scenario, source_fp = load_scenario(cfg)
+    target = scenario.target
+    strategy = make_strategy(cfg)
+    check_scenario(strategy, scenario)
+    plan = EvaluationPlan(target, eval_settings(cfg), strategy.kshot_shots())
+
+    backbone_label = backbone_name(strategy.backbone_spec() or cfg.backbone) if strategy.trains else "popular"
+    seed = int(cfg.seed)
+    tags = {"strategy": strategy.name, "source": scenario.source.name, "target": target.name,
+            "backbone": backbone_label, "seed": str(seed), "git_sha": git_sha(cfg.paths.root_dir),
+            "scenario_key": scenario.key, "scenario_cache": "hit" if scenario.cache_hit else "miss"}
+    run_name = cfg.run_name or f"{strategy.name}-{backbone_label}-s{seed}"
+    experiment = cfg.logger.experiment_name or scenario.name
+    uri = resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_root)
+    tags.update(sweep_tags(uri))  # in a multirun: sweep_id, sweep_job, mlflow.parentRunId
+
+    tracked = TrackedRun(uri, cfg.paths.output_root, tags, experiment, run_name) if is_main_process() \
+        else UntrackedRun(uri)  # the other processes of a DDP run compute the same and record nothing
+    with tracked as run:
+        run.log_config(cfg)
+        run.log_params(_scenario_stats(scenario))
+
+        # stages + build
+        asm = assemble(cfg, scenario, source_fp, strategy, run)
+        built, timings = asm.built, asm.timings
+        model = built.model
+        run.log_params({"params_total": asm.backbone.num_parameters(),
+                        "params_trainable": asm.backbone.num_parameters(trainable_only=True)})
+
+        # fit
+        best_path, last_step = "", 0
+        if strategy.trains and built.objective is not None:
+            t0 = time.time()
+            module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
+                                    Validation(plan.valid, plan.ks, plan.settings.batch_size))
+            trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger())
+            try:
+                fit = fit_best(trainer, module, built.datamodule)
+            except SystemExit:
+                if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1); keep it an interrupt
+                    raise KeyboardInterrupt from None
+                raise
+            timings["time/fit_s"] = time.time() - t0
+            best_path = fit["best_path"]
+            run.set_tags({"best_epoch": fit["best_epoch"]})
+            if cfg.logger.get("learning_curves", True) and isinstance(run, TrackedRun):
+                _log_learning_curves(run, out_dir, fit["best_epoch"], run_name)
+            last_step = int(trainer.global_step) + 1
+
+        # finish: the strategy's own step, then the choices it leaves to validation
+        strategy.after_fit(built, asm.inputs)
+        model.eval()
+        with torch.no_grad():
+            selection = plan.select(strategy.candidates(built), model.device)
+        if selection is not None:
+            run.log_params(selection.chosen.params)
+        with tempfile.TemporaryDirectory() as tmp:  # e.g. LoRA adapters, reloadable on their own
+            for path in model.export(Path(tmp)):
+                run.log_file(path, (Path("backbone") / path.parent.relative_to(tmp)).as_posix())
+
+        # evaluate
+        t0 = time.time()
+        with torch.no_grad():
+            val_metrics = plan.validate(model)
+            test_metrics = plan.test_metrics(model)
+        timings["time/eval_s"] = time.time() - t0
+        # The selected model's validation metrics are logged last, so "val/ndcg_at_10" of a finished
+        # run is the objective a sweeper should read (never a test metric).
+        run.log_metrics(val_metrics, step=last_step)
+        run.log_metrics(test_metrics, step=last_step)
+        extra = plan.kshot(model)
+        with torch.no_grad():
+            extra.update(plan.extra(strategy.extra_scorers(built)))
+            extra.update(plan.timings(strategy.timed_scorers(built)))
+            extra.update(strategy.report(built, asm.inputs))
+        run.log_metrics(extra, step=last_step)
+        run.log_params({f"n_users.{k}": v for k, v in plan.segment_sizes().items()})
+
+        # artifacts
+        if cfg.logger.predictions_sample:
+            sample = _predictions_sample(scenario, plan, model, int(cfg.logger.predictions_sample))
+            run.log_text(sample.to_csv(index=False), "predictions.csv")
+        if best_path and cfg.logger.log_checkpoint:
+            run.log_file(best_path, "checkpoints")
+        timings["time/total_s"] = time.time() - t_start
+        run.log_metrics(timings, step=last_step)
+
+    return {"metrics": {**val_metrics, **test_metrics, **extra}, "run_id": run.run_id,
+            "tracking_uri": run.tracking_uri, "experiment": experiment, "segments": plan.segment_sizes(),
+            "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun)}
+
+
+def _scenario_stats(s: Scenario) -> dict[str, Any]:
+    t = s.target
+    return {
+        "data.source_users": s.source.n_users, "data.source_items": s.source.n_items,
+        "data.source_interactions": len(s.source.train) + len(s.source.valid) + len(s.source.test),
+        "data.target_users": t.n_users, "data.target_items": t.n_items,
+        "data.target_train": len(t.train), "data.target_valid": len(t.valid), "data.target_test": len(t.test),
+        "data.overlap_users": int(s.overlap_users().size), "data.cold_users": int(t.cold_users.size),
+    }
+
+
+def _log_learning_curves(run: TrackedRun, out_dir: Path, best_epoch: int, title: str) -> None:
+    """Per-epoch train loss and val ndcg of this run, from the store, as ``plots/learning_curves.png``."""
+    from tlexp.analysis.plots import learning_curves
+
+    def history(key: str) -> list[float]:
+        points = sorted(run.client.get_metric_history(run.run_id, key), key=lambda m: (m.step, m.timestamp))
+        return [m.value for m in points]
+
+    loss, val = history("train/loss"), history("val/ndcg_at_10")
+    if not loss and not val:
+        return
+    path = learning_curves(loss, val, out_dir / "plots" / "learning_curves.png", title=title,
+                           best_epoch=best_epoch if best_epoch >= 0 else None)
+    run.log_file(path, "plots")
+
+
+def _predictions_sample(s: Scenario, plan: EvaluationPlan, model: Recommender, n: int, k: int = 10) -> pd.DataFrame:
+    """Top-k items for ``n`` test users (cold and warm mixed), with their held-out items."""
+    users = plan.sample_users(n)
+    with torch.no_grad():
+        top = top_items(plan.test, model.score_fn(), users, k, device=model.device)
+    truth = s.target.test.groupby("user")["item"].apply(list)
+    items = s.target.items
+    return pd.DataFrame({
+        "user": s.target.users[users],
+        "cold_start": np.isin(users, s.target.cold_users),
+        f"top_{k}": [" ".join(items[r]) for r in top],
+        "held_out": [" ".join(items[truth.get(u, [])]) for u in users],
+    })

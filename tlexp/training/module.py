@@ -1,0 +1,153 @@
+"""The one training loop: a LightningModule around a recommender and a pluggable objective.
+
+Source pretraining, a distillation teacher's training and every strategy's target training all
+run through :class:`TrainingModule`; what differs between them is data (the model, the
+:class:`Objective`, learning-rate scales per parameter), never the loop. Validation ranks all
+items for the validation users once per epoch (the run's evaluation plan hands over what to
+evaluate), and logs ``<split>/<metric>_at_<k>`` so that early stopping and checkpointing can
+watch the configured monitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from tlexp.evaluation.evaluator import EvalSet, accumulate
+from tlexp.models.recommender import Recommender
+
+
+class Objective(nn.Module):
+    """How a training batch becomes a loss. Holds training-only parts (distillation projections,
+    domain classifiers, a frozen teacher) so that the recommender keeps only what is served."""
+
+    def step(self, module: TrainingModule, batch: Any) -> torch.Tensor:
+        """The loss of one batch; log with ``module.log_train``. ``module.model`` is the recommender."""
+        raise NotImplementedError
+
+    def attach(self, item_counts: torch.Tensor) -> None:
+        """Receive the training data's item counts (losses that correct for the sampling distribution)."""
+
+
+class LossObjective(Objective):
+    """The recommendation loss on the recommender's backbone: pretraining, scratch, finetune, EMCDR."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def attach(self, item_counts: torch.Tensor) -> None:
+        attach = getattr(self.loss, "attach", None)
+        if attach is not None:
+            attach(item_counts)
+
+    def step(self, module: TrainingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.loss(module.model.backbone, batch)
+        module.log_train("train/loss", loss, batch_size=batch["user"].shape[0], prog_bar=True)
+        return loss
+
+
+@dataclass
+class Validation:
+    """What a training run validates on after each epoch (from the run's evaluation plan)."""
+
+    eval_set: EvalSet
+    ks: list[int]
+    batch_size: int = 1024
+    shown: str = "val/ndcg_at_10"  # the value on the progress bar
+
+
+@dataclass
+class Optimisation:
+    """How parameters are optimised: an optimizer factory (a Hydra partial taking param groups), an
+    optional scheduler factory, and learning-rate multipliers for named parameters of the model.
+
+    ``lr_scales`` maps names in ``model.named_parameters()`` to a multiplier of the base learning
+    rate (transferred weights learn slower, meta-learned ones at their own rate); everything else,
+    the objective's parameters included, learns at the base rate. Frozen parameters
+    (``requires_grad=False``) are left out.
+    """
+
+    optimizer: Callable[..., torch.optim.Optimizer]
+    scheduler: Callable[..., Any] | None = None
+    lr_scales: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def base_lr(self) -> float:
+        return float(getattr(self.optimizer, "keywords", {}).get("lr", 1e-3))
+
+
+class TrainingModule(pl.LightningModule):
+    """Train ``model`` by ``objective``; validate by full ranking; optimise as ``optimisation`` says."""
+
+    def __init__(self, model: Recommender, objective: Objective, optimisation: Optimisation,
+                 validation: Validation | None = None):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.optimisation = optimisation
+        self.validation = validation
+        self._val_acc = None
+
+    # ----- training -----
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.objective.step(self, batch)
+
+    def log_train(self, name: str, value: torch.Tensor | float, batch_size: int, prog_bar: bool = False) -> None:
+        """An epoch-level training value (mean over the epoch's batches, weighted by ``batch_size``),
+        averaged over data-parallel processes."""
+        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=int(batch_size),
+                 sync_dist=True)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
+
+    # ----- validation: every process ranks its shard of users, the sums are added exactly -----
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        v = self.validation
+        if v is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self._val_acc = accumulate(v.eval_set, self.model.score_fn("val"), v.ks, v.batch_size,
+                                   rank=self.global_rank, world_size=world, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_acc is None:
+            return
+        acc = self._val_acc
+        if self.trainer.world_size > 1:  # exact: add the shards' sums, then divide
+            acc.load_tensor(self.trainer.strategy.reduce(acc.as_tensor().to(self.device), reduce_op="sum").cpu())
+        metrics = acc.result(self.validation.eval_set.name)
+        shown = self.validation.shown
+        self.log_dict({k: v for k, v in metrics.items() if k != shown}, prog_bar=False)
+        if shown in metrics:
+            self.log(shown, metrics[shown], prog_bar=True)
+        self._val_acc = None
+
+    # ----- optimisation -----
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group at the base learning rate, then one per distinct multiplier in ``lr_scales``."""
+        scales = self.optimisation.lr_scales
+        base_lr = self.optimisation.base_lr
+        by_scale: dict[float, list[nn.Parameter]] = {}
+        base: list[nn.Parameter] = []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (by_scale.setdefault(float(scales[name]), []) if name in scales else base).append(p)
+        base += [p for p in self.objective.parameters() if p.requires_grad]
+        return [{"params": base}] + [{"params": ps, "lr": base_lr * s} for s, ps in by_scale.items()]
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimisation.optimizer(self.param_groups())
+        factory = self.optimisation.scheduler
+        if factory is None:
+            return opt
+        per_step = getattr(getattr(factory, "func", factory), "wants_total_steps", False)
+        sched = factory(opt, total_steps=int(self.trainer.estimated_stepping_batches)) if per_step else factory(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step" if per_step else "epoch"}}
