@@ -20,8 +20,8 @@ run:
 test:
 	$(BIN)/python -m pytest -q --timeout=900 --durations=15
 
-test-fast:
-	$(BIN)/python -m pytest -q -m "not slow" --timeout=600
+test-fast:  # unit tests only: nothing trains end to end (tests/integration is marked slow)
+	$(BIN)/python -m pytest -q tests/unit -m "not slow" --timeout=600
 
 lint:
 	$(BIN)/ruff check tlexp tests scripts

@@ -29,3 +29,10 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from helpers import save_tiny_encoder
 
     return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration runs tlexp end to end (training, processes, servers): slow."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.slow)

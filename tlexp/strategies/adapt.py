@@ -34,11 +34,10 @@ from torch.utils.data import DataLoader
 
 from tlexp.core.errors import ConfigError
 from tlexp.data.datamodule import EvalTrigger, PairDataset, keep_batch
-from tlexp.data.scenario import Scenario
 from tlexp.models.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, mmd
 from tlexp.models.recommender import Recommender
-from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
-from tlexp.training.module import Objective, TrainingModule
+from tlexp.strategies.base import Built, FromSource, StrategyInputs
+from tlexp.training.module import LossObjective, TrainingModule
 from tlexp.training.transfer import lr_scales, transfer_weights
 
 METHODS = ("dann", "mmd", "coral", "none")
@@ -92,7 +91,7 @@ class AdaptDataModule(pl.LightningDataModule):
         return DataLoader(EvalTrigger(), batch_size=1)
 
 
-class AdaptObjective(Objective):
+class AdaptObjective(LossObjective):
     """The target loss plus ``weight`` × the alignment loss between source and target representations.
 
     Holds the frozen source representations and one domain classifier per aligned kind (DANN's
@@ -100,8 +99,7 @@ class AdaptObjective(Objective):
     """
 
     def __init__(self, loss: nn.Module, settings: AdaptSettings, src_user: torch.Tensor, src_item: torch.Tensor):
-        super().__init__()
-        self.loss = loss
+        super().__init__(loss)
         self.method, self.weight, self.align_on = settings.method, settings.weight_used, list(settings.align_on)
         self.warmup_epochs, self.gamma = int(settings.warmup_epochs), float(settings.gamma)
         self.align_batch = int(settings.align_batch) if settings.align_batch else None
@@ -110,11 +108,6 @@ class AdaptObjective(Objective):
         dim = src_user.shape[-1]
         self.classifiers = nn.ModuleDict({kind: DomainClassifier(dim, list(settings.classifier_hidden))
                                           for kind in self.align_on})
-
-    def attach(self, item_counts: torch.Tensor) -> None:
-        attach = getattr(self.loss, "attach", None)
-        if attach is not None:
-            attach(item_counts)
 
     def dann_coeff(self, module: TrainingModule) -> float:
         """The reversal coefficient now: DANN's warm-up over ``warmup_epochs`` epochs of batches."""
@@ -166,17 +159,11 @@ class AdaptObjective(Objective):
         return total
 
 
-class Adapt(Strategy):
+class Adapt(FromSource):
     """Target training plus a source/target representation alignment loss."""
 
     Settings = AdaptSettings
     settings_node = "adapt"
-    uses_transfer = True
-    uses_source = True
-
-    def needs(self, scenario: Scenario) -> list[Need]:
-        return [SourceModel()]
-
     def build(self, inputs: StrategyInputs) -> Built:
         s = self.settings
         pre = inputs.models["source"].backbone

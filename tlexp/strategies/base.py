@@ -193,3 +193,14 @@ class Strategy:
     def report(self, built: Built, inputs: StrategyInputs) -> dict[str, float]:
         """Metrics about the trained model beyond ranking quality (e.g. fusion's source weights)."""
         return {}
+
+
+class FromSource(Strategy):
+    """Base of the strategies that start from the run's backbone pretrained on the scenario's source
+    and take the ``transfer`` group (finetune, meta-learning, domain adaptation)."""
+
+    uses_transfer = True
+    uses_source = True
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        return [SourceModel()]

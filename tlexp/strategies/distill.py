@@ -36,7 +36,7 @@ from tlexp.models.base import Backbone, backbone_name, query_users
 from tlexp.models.distill_losses import DistillStep, total_loss
 from tlexp.models.recommender import Recommender
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher
-from tlexp.training.module import Objective, TrainingModule
+from tlexp.training.module import LossObjective, TrainingModule
 from tlexp.training.pretraining import TeacherSettings
 from tlexp.training.transfer import TransferSettings, lr_scales, transfer_weights
 
@@ -101,7 +101,7 @@ def top_unseen(backbone: Backbone, users: torch.Tensor, seen_user: torch.Tensor,
     return torch.cat(out), torch.cat(ok)
 
 
-class DistillObjective(Objective):
+class DistillObjective(LossObjective):
     """Σ weight · term over the declared loss terms, all reading one :class:`DistillStep` per batch.
 
     Holds the frozen teacher, its item representations and each user's top-K unseen items
@@ -109,19 +109,13 @@ class DistillObjective(Objective):
     """
 
     def __init__(self, teacher: Backbone, terms: nn.ModuleDict, loss: nn.Module, cand_top_k: int, cand_random: int):
-        super().__init__()
+        super().__init__(loss)
         self.teacher = teacher
         self.terms = terms
-        self.loss = loss
         self.cand_top_k, self.cand_random = int(cand_top_k), int(cand_random)
         self.register_buffer("teacher_items", torch.zeros(0), persistent=False)
         self.register_buffer("teacher_top", torch.zeros(0, 0, dtype=torch.long), persistent=False)
         self.register_buffer("teacher_top_ok", torch.zeros(0, 0, dtype=torch.bool), persistent=False)
-
-    def attach(self, item_counts: torch.Tensor) -> None:
-        attach = getattr(self.loss, "attach", None)
-        if attach is not None:
-            attach(item_counts)
 
     def train(self, mode: bool = True) -> DistillObjective:
         """Lightning puts the module in train mode each epoch; the teacher stays in eval (no dropout)."""

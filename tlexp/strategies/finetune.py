@@ -9,21 +9,14 @@ learning-rate scale of what moved) is the ``transfer`` group (:mod:`tlexp.traini
 
 from __future__ import annotations
 
-from tlexp.data.scenario import Scenario
 from tlexp.models.recommender import Recommender
-from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
+from tlexp.strategies.base import Built, FromSource, StrategyInputs
 from tlexp.training.module import LossObjective
 from tlexp.training.transfer import lr_scales, transfer_weights
 
 
-class FineTune(Strategy):
+class FineTune(FromSource):
     """Transfer from a pretrained source backbone, then train everything on the target."""
-
-    uses_transfer = True
-    uses_source = True
-
-    def needs(self, scenario: Scenario) -> list[Need]:
-        return [SourceModel()]
 
     def build(self, inputs: StrategyInputs) -> Built:
         moved = transfer_weights(inputs.backbone, inputs.models["source"].backbone, inputs.user_map(),

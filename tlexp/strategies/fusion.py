@@ -212,17 +212,8 @@ class EnsembleRecommender(Recommender):
         return lambda users, support: sum(w * standardise(a(users, support)) for a, w in pairs)
 
 
-class EnsembleObjective(Objective):
+class EnsembleObjective(LossObjective):
     """Each member's own loss on the batch, summed: the members train side by side, independently."""
-
-    def __init__(self, loss: nn.Module):
-        super().__init__()
-        self.loss = loss
-
-    def attach(self, item_counts: torch.Tensor) -> None:
-        attach = getattr(self.loss, "attach", None)
-        if attach is not None:
-            attach(item_counts)
 
     def step(self, module: TrainingModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = sum(self.loss(m, batch) for m in module.model.all_members())

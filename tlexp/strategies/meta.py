@@ -55,12 +55,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlexp.core.errors import ConfigError
 from tlexp.data.datamodule import EvalTrigger, keep_batch
-from tlexp.data.scenario import Scenario
 from tlexp.evaluation.kshot import Adapter, support_loss
 from tlexp.models.base import Backbone
 from tlexp.models.mapping import MappedColdUsers, Mapping, source_user_reprs
-from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs
-from tlexp.training.module import Objective, TrainingModule
+from tlexp.strategies.base import Built, FromSource, StrategyInputs
+from tlexp.training.module import LossObjective, TrainingModule
 from tlexp.training.transfer import lr_scales, transfer_weights
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
@@ -279,20 +278,14 @@ class MetaRecommender(MappedColdUsers):
 
 # ----- the objective -----
 
-class MetaObjective(Objective):
+class MetaObjective(LossObjective):
     """The plain target loss (``rec_weight``) plus the meta objective over a batch of tasks (``meta_weight``)."""
 
     def __init__(self, loss: nn.Module, settings: MetaSettings):
-        super().__init__()
-        self.loss = loss
+        super().__init__(loss)
         self.train_shots = list(settings.train_shots)
         self.meta_items, self.anchor_weight = bool(settings.meta_items), float(settings.anchor_weight)
         self.rec_weight, self.meta_weight = float(settings.rec_weight), float(settings.meta_weight)
-
-    def attach(self, item_counts: torch.Tensor) -> None:
-        attach = getattr(self.loss, "attach", None)
-        if attach is not None:
-            attach(item_counts)
 
     def meta_objective(self, model: MetaRecommender,
                        task: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -351,17 +344,11 @@ class MetaObjective(Objective):
 
 # ----- the strategy -----
 
-class Meta(Strategy):
+class Meta(FromSource):
     """MAML / FOMAML / Reptile over per-user tasks, from the source-pretrained backbone."""
 
     Settings = MetaSettings
     settings_node = "meta"
-    uses_transfer = True
-    uses_source = True
-
-    def needs(self, scenario: Scenario) -> list[Need]:
-        return [SourceModel()]
-
     def kshot_shots(self) -> list[int]:
         return [int(k) for k in self.settings.test_shots]
 

@@ -35,7 +35,11 @@ class Objective(nn.Module):
 
 
 class LossObjective(Objective):
-    """The recommendation loss on the recommender's backbone: pretraining, scratch, finetune, EMCDR."""
+    """The recommendation loss on the recommender's backbone: pretraining, scratch, finetune, EMCDR.
+
+    Objectives that add terms to a recommendation loss (distillation, meta-learning, adaptation)
+    subclass it and override :meth:`step`; the loss receives the item counts through :meth:`attach`.
+    """
 
     def __init__(self, loss: nn.Module):
         super().__init__()

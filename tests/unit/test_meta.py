@@ -3,13 +3,11 @@ vectorised meta-objective against a per-task autograd loop, and ``meta`` runs en
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import TINY, mlflow_runs, tiny_cfg
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -173,46 +171,3 @@ def test_meta_config_errors_are_one_clear_line():
         _tiny_meta("reptile", inner_params=("user",))
     with pytest.raises(ConfigError, match="algorithm 'mamal'"):
         _tiny_meta("mamal")
-
-
-def test_meta_runs_end_to_end_with_k_shot_segments(outputs: Path):
-    from mlflow.tracking import MlflowClient
-
-    from tlexp.pipeline import run_pipeline
-
-    res = run_pipeline(tiny_cfg(outputs, "strategy=meta", "meta.test_shots=[1,3]", run_dir="maml"))
-    m = res["metrics"]
-    for k in (1, 3):
-        assert 0 <= m[f"test_cold_k{k}/ndcg_at_10"] <= 1
-    assert "test_cold_k5/ndcg_at_10" not in m
-    client = MlflowClient(res["tracking_uri"])
-    run = client.get_run(res["run_id"])
-    assert run.data.params["meta.algorithm"] == "maml" and run.data.params["strategy.name"] == "meta"
-    assert int(run.data.params["meta.tasks"]) > 0
-    history = client.get_metric_history(res["run_id"], "train/meta_query_loss")
-    assert len(history) == 3  # one point per epoch (TINY: 3 epochs)
-    # Reptile on the same scenario: the pretraining cache is shared, the numbers differ
-    rep = run_pipeline(tiny_cfg(outputs, "strategy=meta", "meta.algorithm=reptile", "meta.inner_params=[user,map]",
-                                "meta.test_shots=[1,3]", run_dir="reptile"))
-    df = mlflow_runs(res["tracking_uri"]).set_index("run_id")
-    assert df.loc[rep["run_id"], "tags.pretrain_cache"] == "hit"
-    assert rep["metrics"]["test_cold_k3/ndcg_at_10"] != m["test_cold_k3/ndcg_at_10"]
-
-
-@pytest.mark.slow
-def test_meta_under_ddp_spawn_logs_one_run(tmp_path: Path):
-    from helpers import run_cli
-
-    uri = f"sqlite:///{tmp_path / 'ddp.db'}"
-    # one thread per process: two spawned workers on a small machine, no oversubscription
-    env = {"MLFLOW_TRACKING_URI": uri, "TLEXP_OUTPUTS": str(tmp_path / "outputs"), "OMP_NUM_THREADS": "1"}
-    proc = run_cli(["run", *TINY, "strategy=meta", "meta.test_shots=[1,3]", "trainer=ddp",
-                    "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
-                    "trainer.max_epochs=1", "pretrain.max_epochs=1", "logger.predictions_sample=0"], env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    df = mlflow_runs(uri)
-    assert len(df) == 1 and df.iloc[0]["status"] == "FINISHED"
-    run = df.iloc[0]
-    assert run["params.trainer.strategy"] == "ddp_spawn" and run["params.strategy.name"] == "meta"
-    assert 0 <= run["metrics.test_cold_k3/ndcg_at_10"] <= 1
-    assert np.isfinite(run["metrics.train/meta_query_loss"])
