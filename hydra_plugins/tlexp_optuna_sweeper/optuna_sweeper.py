@@ -2,7 +2,7 @@
 
 Each trial is one Hydra job (``tlexp run`` with the trial's overrides), so trials get the same
 outputs, caches and MLflow tracking as any sweep job — nested under the sweep's parent run. The
-objective is the job's return value: ``tlexp.cli.run.hydra_main`` returns ``val/ndcg_at_10`` of the
+objective is the job's return value: ``tlexp.cli.run.hydra_main`` returns ``eval.monitor`` (a validation metric) of the
 selected model, never a test metric, so the search cannot overfit the test split.
 
 At the end the best trial is printed, written to ``<sweep dir>/optimization_results.yaml`` and
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "val/ndcg_at_10"  # what tlexp.cli.run.hydra_main returns
+OBJECTIVE = "val/ndcg_at_10"  # eval.monitor's default: what tlexp.cli.run.hydra_main returns
 
 
 def distribution_for(override: Override) -> Any:
@@ -115,6 +115,7 @@ class TlexpOptunaSweeper(Sweeper):
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
+        self.objective = str(OmegaConf.select(config, "eval.monitor", default=OBJECTIVE))
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -131,7 +132,7 @@ class TlexpOptunaSweeper(Sweeper):
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                     direction=self.direction, load_if_exists=True)
         log.info("Optuna study '%s': %d trials, %d at a time, %s %s over %s", study.study_name,
-                 self.n_trials, self.n_jobs, self.direction, OBJECTIVE, ", ".join(space))
+                 self.n_trials, self.n_jobs, self.direction, self.objective, ", ".join(space))
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         job_of_trial: dict[int, int] = {}
         values: list[tuple[int, float]] = []
@@ -163,12 +164,12 @@ class TlexpOptunaSweeper(Sweeper):
 
     def _report(self, study: Any, job_of_trial: dict[int, int], values: list[tuple[int, float]]) -> dict:
         best = study.best_trial
-        result = {"name": study.study_name, "objective": OBJECTIVE, "direction": self.direction,
+        result = {"name": study.study_name, "objective": self.objective, "direction": self.direction,
                   "best_trial": best.number, "best_job": job_of_trial.get(best.number),
                   "best_value": best.value, "best_params": dict(best.params), "n_trials": len(values)}
         OmegaConf.save(OmegaConf.create(result), self.sweep_dir / "optimization_results.yaml")
         result["best_run_id"] = self._tag_mlflow(result, values)
-        print(f"Optuna best trial #{best.number} (job {result['best_job']}): {OBJECTIVE} = {best.value:.6f}"
+        print(f"Optuna best trial #{best.number} (job {result['best_job']}): {self.objective} = {best.value:.6f}"
               f"  params: {json.dumps(result['best_params'])}"
               + (f"  MLflow run {result['best_run_id']}" if result["best_run_id"] else ""))
         return result
@@ -194,7 +195,7 @@ class TlexpOptunaSweeper(Sweeper):
                 best_run = str(hit["run_id"].iloc[0])
                 client.set_tag(best_run, "optuna.best", "true")
         pid = info.parent_run_id
-        for k, v in {"optuna.objective": OBJECTIVE, "optuna.direction": self.direction,
+        for k, v in {"optuna.objective": self.objective, "optuna.direction": self.direction,
                      "optuna.study": result["name"], "optuna.n_trials": result["n_trials"],
                      "optuna.best_trial": result["best_trial"], "optuna.best_job": result["best_job"],
                      "optuna.best_value": result["best_value"], "optuna.best_run_id": best_run,

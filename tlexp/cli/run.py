@@ -22,7 +22,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Run one configured experiment; returns val/ndcg_at_10 for sweepers to optimise."""
+    """Run one configured experiment; returns the validation monitor (``eval.monitor``) for sweepers."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -39,7 +39,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     if result.get("main_process", True):
         print_result(result)
-    return result["metrics"].get("val/ndcg_at_10")
+    return result["metrics"].get(result["monitor"])
 
 
 def main(overrides: list[str]) -> int:

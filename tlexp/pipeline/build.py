@@ -207,7 +207,8 @@ def _source_model(cfg: DictConfig, need: SourceModel, scenario: Scenario, source
     tag = need.tag
     log_to.set_tags({f"{tag}_cache": "hit" if pre.cache_hit else "miss", f"{tag}_key": pre.key})
     log_build_info(log_to, pre.build_info, prefix=f"{tag}_")
-    log_to.log_metrics({f"{tag}/val_ndcg_at_10": pre.meta["best_val_ndcg_at_10"],
+    monitored = settings.monitor.replace("/", "_")  # pretrain/val_ndcg_at_10: the best monitored value
+    log_to.log_metrics({f"{tag}/{monitored}": pre.meta["best_score"],
                         f"{tag}/best_epoch": pre.meta["best_epoch"], f"{tag}/seconds": pre.meta["seconds"]})
     return Trained(pre, data)
 
@@ -219,8 +220,9 @@ def _teacher(cfg: DictConfig, need: Teacher, scenario: Scenario, source_fp: dict
     tag = need.tag
     log_to.set_tags({f"{tag}_pretrain_cache": "hit" if pre.cache_hit else "miss",
                      f"{tag}_cache": "hit" if fine.cache_hit else "miss", f"{tag}_key": fine.key})
-    log_to.log_metrics({f"{tag}/pretrain_val_ndcg_at_10": pre.meta["best_val_ndcg_at_10"],
-                        f"{tag}/val_ndcg_at_10": fine.meta["best_val_ndcg_at_10"],
+    monitored = settings.monitor.replace("/", "_")
+    log_to.log_metrics({f"{tag}/pretrain_{monitored}": pre.meta["best_score"],
+                        f"{tag}/{monitored}": fine.meta["best_score"],
                         f"{tag}/best_epoch": fine.meta["best_epoch"], f"{tag}/seconds": fine.meta["seconds"]})
     return Trained(fine, scenario.target)
 

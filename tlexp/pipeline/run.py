@@ -82,7 +82,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if strategy.trains and built.objective is not None:
             t0 = time.time()
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
-                                    Validation(plan.valid, plan.ks, plan.settings.batch_size))
+                                    Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor))
             trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger())
             try:
                 fit = fit_best(trainer, module, built.datamodule)
@@ -94,7 +94,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             best_path = fit["best_path"]
             run.set_tags({"best_epoch": fit["best_epoch"]})
             if cfg.logger.get("learning_curves", True) and isinstance(run, TrackedRun):
-                _log_learning_curves(run, out_dir, fit["best_epoch"], run_name)
+                _log_learning_curves(run, out_dir, fit["best_epoch"], run_name, plan.monitor)
             last_step = int(trainer.global_step) + 1
 
         # finish: the strategy's own step, then the choices it leaves to validation
@@ -114,8 +114,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             val_metrics = plan.validate(model)
             test_metrics = plan.test_metrics(model)
         timings["time/eval_s"] = time.time() - t0
-        # The selected model's validation metrics are logged last, so "val/ndcg_at_10" of a finished
-        # run is the objective a sweeper should read (never a test metric).
+        # The selected model's validation metrics are logged last, so the monitor (eval.monitor) of a
+        # finished run is the objective a sweeper should read (never a test metric).
         run.log_metrics(val_metrics, step=last_step)
         run.log_metrics(test_metrics, step=last_step)
         extra = plan.kshot(model)
@@ -137,7 +137,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
     return {"metrics": {**val_metrics, **test_metrics, **extra}, "run_id": run.run_id,
             "tracking_uri": run.tracking_uri, "experiment": experiment, "segments": plan.segment_sizes(),
-            "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun)}
+            "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun), "monitor": plan.monitor}
 
 
 def _scenario_stats(s: Scenario) -> dict[str, Any]:
@@ -151,18 +151,18 @@ def _scenario_stats(s: Scenario) -> dict[str, Any]:
     }
 
 
-def _log_learning_curves(run: TrackedRun, out_dir: Path, best_epoch: int, title: str) -> None:
-    """Per-epoch train loss and val ndcg of this run, from the store, as ``plots/learning_curves.png``."""
+def _log_learning_curves(run: TrackedRun, out_dir: Path, best_epoch: int, title: str, monitor: str) -> None:
+    """Per-epoch train loss and the monitored validation metric, from the store, as ``plots/learning_curves.png``."""
     from tlexp.analysis.plots import learning_curves
 
     def history(key: str) -> list[float]:
         points = sorted(run.client.get_metric_history(run.run_id, key), key=lambda m: (m.step, m.timestamp))
         return [m.value for m in points]
 
-    loss, val = history("train/loss"), history("val/ndcg_at_10")
+    loss, val = history("train/loss"), history(monitor)
     if not loss and not val:
         return
-    path = learning_curves(loss, val, out_dir / "plots" / "learning_curves.png", title=title,
+    path = learning_curves(loss, val, out_dir / "plots" / "learning_curves.png", title=title, val_name=monitor,
                            best_epoch=best_epoch if best_epoch >= 0 else None)
     run.log_file(path, "plots")
 

@@ -83,7 +83,8 @@ def _root(settings: TrainSettings, kind: str) -> Path:
 def _module(settings: TrainSettings, backbone: Backbone, data: DomainData,
             scales: dict[str, float] | None = None) -> TrainingModule:
     return TrainingModule(Recommender(backbone), LossObjective(settings.make_loss()), settings.optimisation(scales),
-                          Validation(make_eval_set(data, "valid"), settings.ks, settings.eval_batch_size))
+                          Validation(make_eval_set(data, "valid"), settings.ks, settings.eval_batch_size,
+                                     settings.monitor))
 
 
 def _fit_and_save(settings: TrainSettings, module: TrainingModule, data: DomainData, path: Path, max_epochs: int,
@@ -95,7 +96,7 @@ def _fit_and_save(settings: TrainSettings, module: TrainingModule, data: DomainD
     torch.save(backbone.state_dict(), path / "backbone.pt")
     for f in (path / "lightning").rglob("*.ckpt"):
         f.unlink(missing_ok=True)  # the backbone weights are all a later run needs
-    return {"seconds": round(time.time() - t0, 2), "best_val_ndcg_at_10": fit["best_score"],
+    return {"seconds": round(time.time() - t0, 2), "monitor": settings.monitor, "best_score": fit["best_score"],
             "best_epoch": fit["best_epoch"]}
 
 
