@@ -112,3 +112,41 @@ def test_freeze_and_transfer_options(outputs: Path):
 def test_optimizer_scheduler_loss_choices_train(outputs: Path, override: str):
     result = run_pipeline(tiny_cfg(outputs, "strategy=scratch", "trainer.max_epochs=1", override))
     assert result["metrics"]["test/ndcg_at_10"] > 0
+
+
+@pytest.mark.parametrize("overrides", [
+    ["strategy=fusion", "strategy.fusion.mode=ensemble", "strategy.fusion.sources=[news,video]",
+     "eval.monitor=val_combined/ndcg_at_10"],
+    ["strategy=ease", "eval.monitor=val_cold_k1/ndcg_at_10"]], ids=["fusion-ensemble", "ease-kshot-monitor"])
+def test_no_choice_is_made_after_looking_at_test(outputs: Path, monkeypatch: pytest.MonkeyPatch, overrides):
+    """Every evaluation of a test set comes after every evaluation of a validation set: early stopping,
+    checkpointing and a strategy's choices (ensemble weights, EASE's regularisation) only ever saw
+    validation numbers."""
+    from tlexp.evaluation import evaluator, kshot
+    from tlexp.training import module
+
+    seen: list[str] = []
+    real = evaluator.accumulate
+
+    def recording(eval_set, *args, **kwargs):
+        seen.append(eval_set.name)
+        return real(eval_set, *args, **kwargs)
+
+    for mod in (evaluator, kshot, module):
+        monkeypatch.setattr(mod, "accumulate", recording)
+    result = run_pipeline(tiny_cfg(outputs, *overrides, "eval.kshot.shots=[1]", "trainer.max_epochs=2"))
+    assert result["monitor"] == overrides[-1].split("=")[1] and result["monitor"] in result["metrics"]
+    first_test = next(i for i, name in enumerate(seen) if name.startswith("test"))
+    last_val = max(i for i, name in enumerate(seen) if name.startswith("val"))
+    assert last_val < first_test, seen
+    assert seen.count("val") >= 3  # per epoch or per candidate, and the final validation
+    assert "val_cold_k1" in seen and "test_cold_k1" in seen
+
+
+def test_a_test_metric_cannot_be_the_monitor(outputs: Path):
+    from tlexp.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be a validation metric"):
+        run_pipeline(tiny_cfg(outputs, "eval.monitor=test_cold/ndcg_at_10"))
+    with pytest.raises(ConfigError, match="not validation segments"):
+        run_pipeline(tiny_cfg(outputs, "eval.combine=[val,test]"))

@@ -122,3 +122,27 @@ def test_popular_run_needs_no_checkpoint(outputs: Path):
     assert recs.groupby("user", sort=False)["item"].apply(" ".join).tolist() == pred["top_10"].tolist()
     with pytest.raises(ConfigError, match="exclude='seen'"):
         recommend(load_run(result["run_id"], result["tracking_uri"], outputs), ["u1"], exclude="seen")
+
+
+@pytest.mark.parametrize("strategy", [
+    ["strategy=popular"], ["strategy=scratch"], ["strategy=finetune"], ["strategy=distill"],
+    ["strategy=fusion", "strategy.fusion.mode=gate"], ["strategy=fusion", "strategy.fusion.mode=ensemble"],
+    ["strategy=meta", "meta.test_shots=[1]"], ["strategy=adapt"], ["strategy=emcdr"], ["strategy=ease"],
+    ["strategy=itemknn"]], ids=lambda s: "-".join(x.split("=")[-1] for x in s))
+def test_the_reloaded_model_reproduces_the_runs_test_metrics(strategy, outputs: Path):
+    """Reloaded = evaluated: what `tlexp recommend` serves is the model whose metrics the run logged
+    (fusion's validation-chosen ensemble weights and EMCDR's after-fit mapping included)."""
+    from tlexp.evaluation.plan import EvaluationPlan
+    from tlexp.pipeline import run_pipeline
+    from tlexp.pipeline.build import eval_settings
+    from tlexp.serving.recommend import load_run
+
+    result = run_pipeline(tiny_cfg(outputs, *strategy, *SMALL, "strategy.fusion.sources=[news,video]"
+                                   if "strategy=fusion" in strategy else "seed=0"))
+    loaded = load_run(result["run_id"], result["tracking_uri"], outputs)
+    plan = EvaluationPlan(loaded.scenario.target, eval_settings(loaded.cfg))
+    got = plan.test_metrics(loaded.model)
+    logged = {k: v for k, v in result["metrics"].items() if k in got}
+    assert logged and set(logged) == set(got)
+    for k, v in logged.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k

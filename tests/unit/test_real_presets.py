@@ -125,7 +125,9 @@ def test_preset_counts_match_source_md(preset, cache):
         assert s["cleaning"]["kept"] == s["interactions"]
     if preset in OVERLAP:
         assert d["target"]["overlap_users"] == OVERLAP[preset]
-    assert d["target"]["cold_start_users_in_test"] == round(0.2 * d["target"]["overlap_users"])
+    cold = round(0.2 * d["target"]["overlap_users"])  # split.cold_user_share; half of them validate
+    assert d["target"]["cold_start_users_in_valid"] == round(0.5 * cold)
+    assert d["target"]["cold_start_users_in_test"] == cold - round(0.5 * cold)
 
 
 @pytest.mark.realdata

@@ -56,15 +56,57 @@ def test_warm_test_is_after_training_in_time(scenario):
 
 def test_cold_start_users_have_no_target_training_rows(scenario):
     t = scenario.target
-    cold = t.cold_users
-    assert cold.size > 0
+    test_cold, valid_cold = t.cold_users, t.valid_cold_users
+    assert test_cold.size > 0 and valid_cold.size > 0
+    assert not np.intersect1d(test_cold, valid_cold).size  # two disjoint sets of cold users
+    cold = np.union1d(test_cold, valid_cold)
     assert not t.train["user"].isin(cold).any()
-    assert not t.valid["user"].isin(cold).any()
-    # ... and their whole history is their test set: several items each
-    assert t.test[t.test["user"].isin(cold)].groupby("user").size().min() >= 3
+    # test cold users: their whole history is their test set (several items each), nothing in valid
+    assert not t.valid["user"].isin(test_cold).any()
+    assert t.test[t.test["user"].isin(test_cold)].groupby("user").size().min() >= 3
+    # validation cold users: the same, in the validation set, and nothing of theirs in test
+    assert not t.test["user"].isin(valid_cold).any()
+    assert t.valid[t.valid["user"].isin(valid_cold)].groupby("user").size().min() >= 3
     overlap = scenario.overlap_users()
     assert np.isin(cold, overlap).all()
     assert abs(cold.size / overlap.size - SPLIT["cold_user_share"]) < 0.01
+    assert abs(valid_cold.size - 0.5 * cold.size) <= 0.5  # split.cold_valid_share (default 0.5)
+
+
+def test_validation_segments_mirror_test_segments(scenario):
+    from tlexp.evaluation.evaluator import make_eval_set
+
+    t = scenario.target
+    val, test = make_eval_set(t, "valid"), make_eval_set(t, "test")
+    assert set(val.segments) == {"", "_cold", "_warm"} and {"", "_cold", "_warm"} <= set(test.segments)
+    assert set(val.users[val.segments["_cold"]]) == set(t.valid_cold_users)
+    assert set(test.users[test.segments["_cold"]]) == set(t.cold_users)
+    # a validation cold user has nothing masked (no training rows) and all their history as truth
+    row = int(np.flatnonzero(val.segments["_cold"])[0])
+    user = val.users[row]
+    assert val.mask.indptr[row + 1] == val.mask.indptr[row]
+    assert val.truth.indptr[row + 1] - val.truth.indptr[row] == (t.valid["user"] == user).sum()
+
+
+def test_data_without_a_time_order_is_split_in_a_seeded_random_order():
+    """Rows in file order (e.g. sorted by product id) must not decide what is held out."""
+    from tlexp.data.domain import Domain
+    from tlexp.data.scenario import split_domain
+
+    items = pd.DataFrame({"item": [f"i{i:03d}" for i in range(40)], "text": "", "category": ""})
+    inter = pd.DataFrame({"user": np.repeat([f"u{u:02d}" for u in range(30)], 20),
+                          "item": [f"i{i:03d}" for u in range(30) for i in range(u, u + 20)],
+                          "timestamp": np.tile(np.arange(20), 30)})  # position = item id order
+    ordered = split_domain(Domain("d", inter, items), SPLIT)
+    unordered = split_domain(Domain("d", inter, items, ordered=False), SPLIT)
+    # in file order the held-out item is always the user's highest id; in a random order it is not
+    assert (ordered.test["item"].to_numpy() == ordered.test["user"].to_numpy() + 19).all()
+    assert (unordered.test["item"].to_numpy() != unordered.test["user"].to_numpy() + 19).mean() > 0.8
+    assert not unordered.ordered and ordered.ordered
+    again = split_domain(Domain("d", inter, items, ordered=False), SPLIT)
+    pd.testing.assert_frame_equal(unordered.test, again.test)  # seeded: the same split every time
+    other = split_domain(Domain("d", inter, items, ordered=False), {**SPLIT, "seed": SPLIT["seed"] + 1})
+    assert not other.test.equals(unordered.test)
 
 
 def test_scenario_cache_hit_gives_identical_frames(scenario, tmp_path_factory):

@@ -24,8 +24,10 @@ def results_table(result: dict[str, Any]) -> Table:
         if f"{seg}/ndcg_at_10" not in m:
             continue
         table.add_row(label, str(sizes.get(seg, "")), *(f"{m.get(f'{seg}/{c}', float('nan')):.4f}" for c in COLUMNS))
-    if "val/ndcg_at_10" in m:
-        table.add_row("valid", "", *(f"{m.get(f'val/{c}', float('nan')):.4f}" for c in COLUMNS), style="dim")
+    for seg, label in (("val", "valid"), ("val_cold", "valid cold")):
+        if f"{seg}/ndcg_at_10" in m:
+            table.add_row(label, str(sizes.get(seg, "")),
+                          *(f"{m.get(f'{seg}/{c}', float('nan')):.4f}" for c in COLUMNS), style="dim")
     return table
 
 

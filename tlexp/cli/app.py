@@ -21,9 +21,9 @@ commands:
   data list         the data presets and domains
   data describe     dataset statistics of a scenario (e.g. tlexp data describe data=social)
   ui [--port P]     the MLflow UI on 127.0.0.1 over the same store as tlexp run
-  compare [opts]    table of logged runs: mean ± std over seeds per group, gain over scratch with a
-                    paired t-test (--experiment, --sweep ID|latest, --metric, --by, --csv, --markdown,
-                    --plot out.png; tlexp compare --help)
+  compare [opts]    table of logged runs: mean ± std over seeds per group, paired gains over the best
+                    non-transfer baseline with 95 % intervals; refuses to pool unlike runs (--experiment,
+                    --sweep ID|latest, --metric, --by, --pool, --csv, --markdown, --plot out.png)
   recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv]
                     top-K unseen items (with titles) per user from a finished run's model
 """

@@ -44,6 +44,7 @@ def _fmt(v) -> str:
 ROWS = [("users", "users"), ("items (catalogue)", "items"), ("items with interactions", "items_with_interactions"),
         ("interactions", "interactions"), ("density", "density"), ("items with text", "items_with_text"),
         ("overlap users", "overlap_users"), ("cold-start users in test", "cold_start_users_in_test"),
+        ("cold-start users in valid", "cold_start_users_in_valid"), ("order of interactions", "order"),
         ("cold-start items in test", "cold_start_items_in_test"),
         ("interactions/user median", "interactions_per_user_median"),
         ("interactions/user p90", "interactions_per_user_p90"),

@@ -89,6 +89,8 @@ def domain_stats(dd, overlap: int, cleaning: dict | None = None) -> dict:
         "items_with_text": int((dd.item_info["text"].astype(str).str.strip() != "").sum()),
         "overlap_users": int(overlap),
         "cold_start_users_in_test": int(len(dd.cold_users)),
+        "cold_start_users_in_valid": int(len(dd.valid_cold_users)),
+        "order": "time" if dd.ordered else "random per user (no time order in the data)",
         "cold_start_items_in_test": int(sum(i not in train_items for i in test_items.tolist())),
         "interactions_per_user_median": float(np.median(per_user)),
         "interactions_per_user_p90": float(np.percentile(per_user, 90)),

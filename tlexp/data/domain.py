@@ -24,13 +24,15 @@ class Domain:
 
     ``interactions`` has columns ``user`` (global user key, a string, shared across domains so
     that overlap users match), ``item`` (item key, a string), ``timestamp`` (int64; any order key
-    works — real data without times uses the position in the user's sequence) and optionally
+    works — real data without times uses the position in the user's sequence, and says whether
+    that position is a real order with ``ordered``) and optionally
     ``rating``. ``items`` has ``item``, ``text`` and ``category`` (empty strings where unknown).
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
+    ordered: bool = True  # False: ``timestamp`` is only the file's row order (no time order is known)
 
     def __post_init__(self) -> None:
         missing = [c for c in INTERACTION_COLUMNS if c not in self.interactions.columns]

@@ -4,8 +4,16 @@ Split protocol (RecBole's leave-one-out, by time): per user, the last interactio
 item, the second last the validation item, the rest train. Users with fewer than
 ``min_user_interactions`` stay wholly in train. On the target, a share of the *overlap* users
 (present in the source too) become **cold-start users**: their whole target history is taken
-out of train/valid and becomes their test set, as in EMCDR/PTUPCDR. The source domain is split
-the same way (without cold-start users) so that pretraining can early-stop on its own valid set.
+out of train/valid, as in EMCDR/PTUPCDR. A share of them (``cold_valid_share``, default half) are
+*validation* cold users — their whole history is their validation set, so that every choice that
+matters for cold users (early stopping, a strategy's knobs, a sweep) can be made without looking at
+test — and the rest are the test cold users, whose history is their test set. The source domain is
+split the same way (without cold-start users) so that pretraining can early-stop on its own valid set.
+
+Data without a time order (a loader's ``Domain.ordered`` is False: ratings files whose row order
+is, e.g., by product id) get a seeded random order per user before splitting, so that "last" means
+"held out at random", not "highest id". ``SPLIT_VERSION`` is part of every cached scenario's key:
+a change to this code that changes what a split contains must bump it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from tlexp.data.domain import Domain, DomainLoader
 from tlexp.core.errors import DataError
 
 SPLITS = ("train", "valid", "test")
+SPLIT_VERSION = 2  # 2: validation cold users; a random per-user order for data without time order
 
 
 @dataclass
@@ -38,7 +47,9 @@ class DomainData:
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
-    cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # history = test
+    valid_cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # history = valid
+    ordered: bool = True  # False: the data had no time order; the split used a seeded random one
 
     @property
     def n_users(self) -> int:
@@ -142,11 +153,21 @@ def given_split(frame: pd.DataFrame, domain: str) -> dict[str, pd.DataFrame]:
     return {s: frame[frame["split"] == s].drop(columns="split").reset_index(drop=True) for s in SPLITS}
 
 
+def random_order(frame: pd.DataFrame, seed: int, domain: str) -> pd.DataFrame:
+    """Replace the order key of data without a time order by a seeded random one (per domain)."""
+    salt = int.from_bytes(domain.encode()[:8].ljust(8, b"\0"), "little") % (2 ** 31)
+    rng = np.random.default_rng([int(seed), salt])
+    return frame.assign(timestamp=rng.permutation(len(frame)).astype(np.int64))
+
+
 def split_domain(domain: Domain, split: dict | None = None) -> DomainData:
     """Index ``domain`` and split it by ``split['protocol']`` (loo, ratio or given)."""
     split = dict(split or {})
     users, items, frame = _index_domain(domain)
     protocol = split.get("protocol", "loo")
+    ordered = bool(getattr(domain, "ordered", True))
+    if not ordered and protocol != "given":
+        frame = random_order(frame, split.get("seed", 0), domain.name)
     min_n = split.get("min_user_interactions", 3)
     if protocol == "given":
         parts = given_split(frame, domain.name)
@@ -158,26 +179,35 @@ def split_domain(domain: Domain, split: dict | None = None) -> DomainData:
             parts = ratio_split(frame, tuple(split.get("ratios", (0.8, 0.1, 0.1))), min_n)
         else:
             raise DataError(f"split.protocol '{protocol}' is unknown; use loo, ratio or given")
-    return DomainData(name=domain.name, users=users, item_info=items, **parts)
+    return DomainData(name=domain.name, users=users, item_info=items, ordered=ordered, **parts)
 
 
-def make_cold_start(target: DomainData, source: DomainData, share: float, seed: int) -> DomainData:
-    """Hide the whole target history of ``share`` of the overlap users: it becomes their test set."""
+def make_cold_start(target: DomainData, source: DomainData, share: float, seed: int,
+                    valid_share: float = 0.5) -> DomainData:
+    """Hide the whole target history of ``share`` of the overlap users; of those, ``valid_share`` get it
+    as their validation set (validation cold users), the others as their test set."""
+    if not 0.0 <= valid_share <= 1.0:
+        raise DataError(f"split.cold_valid_share={valid_share} must be between 0 and 1")
     overlap = np.flatnonzero(source.user_index(target.users) >= 0)
     n_cold = int(round(share * overlap.size))
     if n_cold == 0:
         return target
     rng = np.random.default_rng(seed)
     cold = np.sort(rng.choice(overlap, size=n_cold, replace=False))
+    valid_cold = np.sort(rng.choice(cold, size=int(round(valid_share * n_cold)), replace=False))
+    test_cold = np.setdiff1d(cold, valid_cold)
+
+    def history(users: np.ndarray) -> pd.DataFrame:
+        rows = pd.concat([df[df["user"].isin(users)] for df in (target.train, target.valid, target.test)])
+        return rows.sort_values(["user", "timestamp"], kind="stable")
+
     is_cold = lambda df: df["user"].isin(cold).to_numpy()
-    history = pd.concat([df[is_cold(df)] for df in (target.train, target.valid, target.test)])
-    history = history.sort_values(["user", "timestamp"], kind="stable")
     return DomainData(
         name=target.name, users=target.users, item_info=target.item_info,
         train=target.train[~is_cold(target.train)].reset_index(drop=True),
-        valid=target.valid[~is_cold(target.valid)].reset_index(drop=True),
-        test=pd.concat([target.test[~is_cold(target.test)], history]).reset_index(drop=True),
-        cold_users=cold.astype(np.int64),
+        valid=pd.concat([target.valid[~is_cold(target.valid)], history(valid_cold)]).reset_index(drop=True),
+        test=pd.concat([target.test[~is_cold(target.test)], history(test_cold)]).reset_index(drop=True),
+        cold_users=test_cold.astype(np.int64), valid_cold_users=valid_cold.astype(np.int64), ordered=target.ordered,
     )
 
 
@@ -188,7 +218,9 @@ def _save(dd: DomainData, path: Path) -> None:
     for s in SPLITS:
         getattr(dd, s).to_parquet(path / f"{s}.parquet")
     pd.DataFrame({"user": dd.cold_users}).to_parquet(path / "cold_users.parquet")
+    pd.DataFrame({"user": dd.valid_cold_users}).to_parquet(path / "valid_cold_users.parquet")
     (path / "name.txt").write_text(dd.name)
+    (path / "ordered.txt").write_text("1" if dd.ordered else "0")
 
 
 def _load(path: Path) -> DomainData:
@@ -197,6 +229,8 @@ def _load(path: Path) -> DomainData:
         users=pd.read_parquet(path / "users.parquet")["user"].to_numpy(dtype=object),
         item_info=pd.read_parquet(path / "items.parquet"),
         cold_users=pd.read_parquet(path / "cold_users.parquet")["user"].to_numpy(np.int64),
+        valid_cold_users=pd.read_parquet(path / "valid_cold_users.parquet")["user"].to_numpy(np.int64),
+        ordered=(path / "ordered.txt").read_text() == "1",
         **{s: pd.read_parquet(path / f"{s}.parquet") for s in SPLITS},
     )
 
@@ -209,12 +243,13 @@ def build_scenario(source: DomainLoader, target: DomainLoader, split: dict,
                         f"(e.g. source=ecommerce target=social)")
     split = dict(split)
     key = stable_hash({"source": source.fingerprint(), "target": target.fingerprint(),
-                       "split": split, "format": 1})
+                       "split": split, "format": 2, "split_version": SPLIT_VERSION})
 
     def build(path: Path) -> None:
         src = split_domain(source.load(), split)
         tgt = split_domain(target.load(), split)
-        tgt = make_cold_start(tgt, src, split.get("cold_user_share", 0.2), split.get("seed", 0))
+        tgt = make_cold_start(tgt, src, split.get("cold_user_share", 0.2), split.get("seed", 0),
+                              split.get("cold_valid_share", 0.5))
         _save(src, path / "source")
         _save(tgt, path / "target")
         (path / "meta.json").write_text(json.dumps({"source": source.name, "target": target.name,

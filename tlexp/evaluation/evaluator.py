@@ -75,16 +75,19 @@ def make_eval_set(data: DomainData, split: str) -> EvalSet:
     """Eval set for ``split`` ('valid' or 'test') of a split domain.
 
     Masked items: train items for valid; train + valid items for test (the user's whole known
-    history, as RecBole does). Segments: ``cold`` = the domain's cold-start users, ``warm`` = the rest;
-    for test, ``cold_items`` = test interactions whose item never occurs in the training split (the
-    users who have any, judged on those items only): ID models cannot know such items, text models can.
+    history, as RecBole does). Segments: ``cold`` = the split's cold-start users (validation cold
+    users for valid, test cold users for test: their whole history is that split), ``warm`` = the
+    rest; for test, ``cold_items`` = test interactions whose item never occurs in the training split
+    (the users who have any, judged on those items only): ID models cannot know such items, text
+    models can.
     """
     truth_frame = getattr(data, split)
     history = data.train if split == "valid" else pd.concat([data.train, data.valid])
     users = np.unique(truth_frame["user"].to_numpy()).astype(np.int64)
-    cold = np.isin(users, data.cold_users)
+    cold_users = data.valid_cold_users if split == "valid" else data.cold_users
+    cold = np.isin(users, cold_users)
     segments = {"": np.ones(users.size, dtype=bool)}
-    if data.cold_users.size and split == "test":
+    if cold_users.size:
         segments["_cold"] = cold
         segments["_warm"] = ~cold
     segment_truth: dict[str, CSR] = {}

@@ -49,18 +49,22 @@ class KShotSet:
         return self.support[torch.from_numpy(pos)].to(users.device)
 
 
-def cold_histories(data: DomainData) -> pd.DataFrame:
-    """The cold-start users' target interactions in time order (user, item, timestamp)."""
-    frame = data.test[data.test["user"].isin(data.cold_users)]
+def cold_histories(data: DomainData, split: str = "test") -> pd.DataFrame:
+    """The cold-start users' target interactions in time order (user, item, timestamp): the test cold
+    users' (``split="test"``) or the validation cold users' (``split="valid"``)."""
+    frame, users = (data.valid, data.valid_cold_users) if split == "valid" else (data.test, data.cold_users)
+    frame = frame[frame["user"].isin(users)]
     return frame.sort_values(["user", "timestamp"], kind="stable").reset_index(drop=True)
 
 
-def kshot_sets(data: DomainData, shots: list[int], name: str = "test_cold") -> list[KShotSet]:
-    """One :class:`KShotSet` per ``k`` over the same cohort (cold users with > max(shots) items)."""
+def kshot_sets(data: DomainData, shots: list[int], name: str | None = None, split: str = "test") -> list[KShotSet]:
+    """One :class:`KShotSet` per ``k`` over the same cohort (cold users with > max(shots) items) of
+    ``split``'s cold users; named ``<name>_k<k>`` (default ``test_cold`` / ``val_cold``)."""
     shots = sorted({int(k) for k in shots})
     if not shots or shots[0] < 1:
         raise ValueError(f"k-shot shots must be positive integers, got {shots}")
-    hist = cold_histories(data)
+    name = name or ("val_cold" if split == "valid" else "test_cold")
+    hist = cold_histories(data, split)
     position = hist.groupby("user").cumcount().to_numpy()
     size = hist.groupby("user")["item"].transform("size").to_numpy()
     keep = size > shots[-1]
@@ -82,10 +86,10 @@ def kshot_sets(data: DomainData, shots: list[int], name: str = "test_cold") -> l
 
 
 def evaluate_kshot(data: DomainData, shots: list[int], adapter: Adapter, ks: list[int],
-                   batch_size: int = 1024, device: torch.device | str = "cpu") -> dict[str, float]:
-    """``{'test_cold_k<k>/<metric>_at_<K>': value}`` for each ``k`` in ``shots`` ({} if no cohort)."""
+                   batch_size: int = 1024, device: torch.device | str = "cpu", split: str = "test") -> dict[str, float]:
+    """``{'<split>_cold_k<k>/<metric>_at_<K>': value}`` for each ``k`` in ``shots`` ({} if no cohort)."""
     out: dict[str, float] = {}
-    for ks_set in kshot_sets(data, shots):
+    for ks_set in kshot_sets(data, shots, split=split):
         if ks_set.eval_set.n_users == 0:
             continue
         fn = lambda users, s=ks_set: adapter(users, s.support_of(users))  # noqa: E731

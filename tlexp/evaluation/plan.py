@@ -6,6 +6,12 @@ and evaluates any *scorer* on them: the run's model, extra scorers a strategy de
 distillation teacher: ``teacher_test*/...``), or candidates a strategy wants chosen on validation
 (fusion's ensemble weights). Strategies never call the evaluator themselves, so every number a
 run logs comes from the same code, and nothing is ever selected on a test metric.
+
+Validation mirrors test: ``val`` (all users), ``val_warm``, ``val_cold`` (the validation cold
+users, whose whole target history is their validation set) and ``val_cold_k<k>`` (the k-shot
+protocol on them); ``val_combined/<metric>`` is the mean of the segments in ``eval.combine``
+(default ``val`` and ``val_cold``). ``eval.monitor`` may name any of these keys: early stopping,
+checkpointing, a strategy's choices and sweeps all read it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class EvalSettings:
     ks: tuple[int, ...] = (5, 10, 20)
     batch_size: int = 1024
     monitor: str = "val/ndcg_at_10"
+    combine: tuple[str, ...] = ("val", "val_cold")  # val_combined/<metric> = their mean
     kshot: KShotSettings = field(default_factory=KShotSettings)
 
     def __post_init__(self) -> None:
@@ -61,8 +68,13 @@ class EvalSettings:
                               "(conf/eval/default.yaml)")
         split, _, name = self.monitor.partition("/")
         if not split.startswith("val") or not name:
-            raise ConfigError(f"eval.monitor='{self.monitor}' must be a validation metric such as val/ndcg_at_10 "
-                              "(early stopping and every choice are made on validation, never on test)")
+            raise ConfigError(f"eval.monitor='{self.monitor}' must be a validation metric such as val/ndcg_at_10, "
+                              "val_cold/ndcg_at_10 or val_combined/ndcg_at_10 (early stopping and every choice are "
+                              "made on validation, never on test)")
+        bad = [p for p in self.combine if not p.startswith("val")]
+        if bad:
+            raise ConfigError(f"eval.combine={list(self.combine)}: {bad} are not validation segments; use e.g. "
+                              "[val, val_cold] or [val_warm, val_cold_k3]")
 
 
 @dataclass
@@ -70,7 +82,6 @@ class Candidate:
     """One option a strategy wants chosen on validation (e.g. a weighting of ensemble members)."""
 
     name: str
-    score_fn: Callable[[], ScoreFn]   # the option's scorer on the validation split
     apply: Callable[[], None]         # make the model use this option
     params: dict[str, str] = field(default_factory=dict)  # what to record when it is chosen
 
@@ -104,17 +115,59 @@ class EvaluationPlan:
     def _evaluate(self, eval_set: EvalSet, score_fn: ScoreFn, device: torch.device) -> dict[str, float]:
         return evaluate(eval_set, score_fn, self.ks, self.settings.batch_size, device=device)
 
-    # ----- the run's model -----
-    def validate(self, model: Scorer) -> dict[str, float]:
-        """``val/<metric>_at_<k>``: the validation split (sequence backbones read the train history)."""
-        return self._evaluate(self.valid, model.score_fn("val"), model.device)
+    # ----- validation -----
+    def validate(self, model: Scorer, kshot: bool = True) -> dict[str, float]:
+        """Every validation key: ``val*/<metric>_at_<k>`` for each segment (sequence backbones read the
+        train history), ``val_cold_k<k>/...`` (unless ``kshot=False``) and ``val_combined/...``."""
+        metrics = self._evaluate(self.valid, model.score_fn("val"), model.device)
+        return {**metrics, **self.validation_extras(model, metrics, kshot)}
 
+    @property
+    def monitor_needs_kshot(self) -> bool:
+        """Whether choosing by the monitor needs the validation k-shot protocol (a per-epoch cost)."""
+        parts = [self.monitor.partition("/")[0]]
+        if parts[0] == "val_combined":
+            parts = list(self.settings.combine)
+        return any(p.startswith("val_cold_k") for p in parts)
+
+    def validation_extras(self, model: Scorer, metrics: dict[str, float], kshot: bool = True) -> dict[str, float]:
+        """What validation adds to the ranking metrics of ``metrics``: k-shot and the combined keys."""
+        out: dict[str, float] = {}
+        if kshot and self.shots and self.target.valid_cold_users.size:
+            k = self.settings.kshot
+            out.update(evaluate_kshot(self.target, self.shots, model.kshot_adapter(k.adapt_steps, k.adapt_lr),
+                                      self.ks, self.settings.batch_size, device=model.device, split="valid"))
+        out.update(self.combined({**metrics, **out}))
+        return out
+
+    def epoch_extras(self, model: Scorer, metrics: dict[str, float]) -> dict[str, float]:
+        """The extra keys of a per-epoch validation: k-shot only when the monitor needs it (it costs)."""
+        return self.validation_extras(model, metrics, kshot=self.monitor_needs_kshot)
+
+    def combined(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``val_combined/<metric>``: the mean of ``eval.combine``'s segments (when all of them were evaluated)."""
+        parts = list(self.settings.combine)
+        if not parts:
+            return {}
+        names = {k.partition("/")[2] for k in metrics if k.startswith(parts[0] + "/")}
+        out = {}
+        for name in sorted(names):
+            values = [metrics.get(f"{p}/{name}") for p in parts]
+            if all(v is not None for v in values):
+                out[f"val_combined/{name}"] = float(sum(values) / len(values))
+        return out
+
+    def monitor_value(self, model: Scorer) -> float:
+        """The monitored validation value of ``model`` as it is now (-1 if the monitor is not available)."""
+        return self.validate(model, kshot=self.monitor_needs_kshot).get(self.monitor, -1.0)
+
+    # ----- test -----
     def test_metrics(self, model: Scorer) -> dict[str, float]:
         """``test*/<metric>_at_<k>`` for every test segment (histories: train + valid)."""
         return self._evaluate(self.test, model.score_fn("test"), model.device)
 
     def kshot(self, model: Scorer) -> dict[str, float]:
-        """``test_cold_k<k>/...``: the k-shot protocol (tlexp/evaluation/kshot.py), when shots are set."""
+        """``test_cold_k<k>/...``: the k-shot protocol on the test cold users (tlexp/evaluation/kshot.py)."""
         if not self.shots or not self.target.cold_users.size:
             return {}
         k = self.settings.kshot
@@ -135,11 +188,13 @@ class EvaluationPlan:
                 for name, scorer in scorers.items()}
 
     # ----- choices a strategy leaves to validation -----
-    def select(self, candidates: Sequence[Candidate], device: torch.device) -> Selection | None:
-        """The candidate with the best validation monitor (the first one on ties); it is applied."""
+    def select(self, model: Scorer, candidates: Sequence[Candidate]) -> Selection | None:
+        """Apply each candidate to ``model`` in turn; keep the one with the best validation monitor (the
+        first one on ties), which is applied again at the end."""
         best, chosen, values = -1.0, None, {}
         for c in candidates:
-            value = self._evaluate(self.valid, c.score_fn(), device).get(self.monitor, -1.0)
+            c.apply()
+            value = self.monitor_value(model)
             values[c.name] = value
             if value > best:
                 best, chosen = value, c
@@ -149,8 +204,8 @@ class EvaluationPlan:
         return Selection(chosen, best, values)
 
     def segment_sizes(self) -> dict[str, int]:
-        """Users per test segment, e.g. ``{'test': 3610, 'test_cold': 435, ...}``."""
-        return {f"{self.test.name}{seg}": int(m.sum()) for seg, m in self.test.segments.items()}
+        """Users per segment, e.g. ``{'test': 3392, 'test_cold': 217, 'val': 3392, 'val_cold': 218, ...}``."""
+        return {f"{s.name}{seg}": int(m.sum()) for s in (self.test, self.valid) for seg, m in s.segments.items()}
 
     def sample_users(self, n: int, seed: int = 0) -> np.ndarray:
         """``n`` test users (cold and warm mixed), sorted, for a predictions sample."""

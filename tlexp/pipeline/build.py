@@ -207,7 +207,7 @@ def _source_model(cfg: DictConfig, need: SourceModel, scenario: Scenario, source
     tag = need.tag
     log_to.set_tags({f"{tag}_cache": "hit" if pre.cache_hit else "miss", f"{tag}_key": pre.key})
     log_build_info(log_to, pre.build_info, prefix=f"{tag}_")
-    monitored = settings.monitor.replace("/", "_")  # pretrain/val_ndcg_at_10: the best monitored value
+    monitored = "val_" + settings.monitor.partition("/")[2]  # pretrain/val_ndcg_at_10: the stage's best value
     log_to.log_metrics({f"{tag}/{monitored}": pre.meta["best_score"],
                         f"{tag}/best_epoch": pre.meta["best_epoch"], f"{tag}/seconds": pre.meta["seconds"]})
     return Trained(pre, data)
@@ -220,7 +220,7 @@ def _teacher(cfg: DictConfig, need: Teacher, scenario: Scenario, source_fp: dict
     tag = need.tag
     log_to.set_tags({f"{tag}_pretrain_cache": "hit" if pre.cache_hit else "miss",
                      f"{tag}_cache": "hit" if fine.cache_hit else "miss", f"{tag}_key": fine.key})
-    monitored = settings.monitor.replace("/", "_")
+    monitored = "val_" + settings.monitor.partition("/")[2]
     log_to.log_metrics({f"{tag}/pretrain_{monitored}": pre.meta["best_score"],
                         f"{tag}/{monitored}": fine.meta["best_score"],
                         f"{tag}/best_epoch": fine.meta["best_epoch"], f"{tag}/seconds": fine.meta["seconds"]})

@@ -54,7 +54,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     check_scenario(strategy, scenario)
     plan = EvaluationPlan(target, eval_settings(cfg), strategy.kshot_shots())
 
-    backbone_label = backbone_name(strategy.backbone_spec() or cfg.backbone) if strategy.trains else "popular"
+    backbone_label = backbone_name(strategy.backbone_spec() or cfg.backbone) if strategy.trains else strategy.name
     seed = int(cfg.seed)
     tags = {"strategy": strategy.name, "source": scenario.source.name, "target": target.name,
             "backbone": backbone_label, "seed": str(seed), "git_sha": git_sha(cfg.paths.root_dir),
@@ -82,7 +82,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         if strategy.trains and built.objective is not None:
             t0 = time.time()
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
-                                    Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor))
+                                    Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor,
+                                               plan.epoch_extras))
             trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger())
             try:
                 fit = fit_best(trainer, module, built.datamodule)
@@ -101,7 +102,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         strategy.after_fit(built, asm.inputs)
         model.eval()
         with torch.no_grad():
-            selection = plan.select(strategy.candidates(built), model.device)
+            selection = plan.select(model, strategy.candidates(built))
         if selection is not None:
             run.log_params(selection.chosen.params)
         with tempfile.TemporaryDirectory() as tmp:  # e.g. LoRA adapters, reloadable on their own
@@ -148,6 +149,7 @@ def _scenario_stats(s: Scenario) -> dict[str, Any]:
         "data.target_users": t.n_users, "data.target_items": t.n_items,
         "data.target_train": len(t.train), "data.target_valid": len(t.valid), "data.target_test": len(t.test),
         "data.overlap_users": int(s.overlap_users().size), "data.cold_users": int(t.cold_users.size),
+        "data.valid_cold_users": int(t.valid_cold_users.size), "data.target_ordered": t.ordered,
     }
 
 

@@ -105,7 +105,7 @@ def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) 
         model.eval()
         plan = EvaluationPlan(scenario.target, eval_settings(cfg), strategy.kshot_shots())
         with torch.no_grad():
-            plan.select(strategy.candidates(asm.built), model.device)
+            plan.select(model, strategy.candidates(asm.built))
     return LoadedRun(run_id, cfg, scenario, model)
 
 

@@ -314,8 +314,7 @@ class Fusion(Strategy):
         for w in simplex_grid(len(model.all_members()), self.settings.fusion.ensemble_grid):
             wt = torch.tensor(w)
             label = ",".join(f"{x:.2f}" for x in w)
-            out.append(Candidate(label, lambda wt=wt: model.score_fn("val", wt),
-                                 lambda wt=wt: model.weights.copy_(wt.to(model.weights)),
+            out.append(Candidate(label, lambda wt=wt: model.weights.copy_(wt.to(model.weights)),
                                  {"fusion.ensemble_weights": label}))
         return out
 

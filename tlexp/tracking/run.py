@@ -47,6 +47,35 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+# What a run's config is, for telling comparable runs apart: one tag per top-level config node,
+# ``config.<node>`` = a short hash of the resolved node. Nodes and leaves that do not change the
+# numbers (where files go, how chatty the trainer is, the seed) are left out.
+CONFIG_TAG_PREFIX = "config."
+VOLATILE_NODES = ("seed", "run_name", "paths", "logger", "hydra", "num_workers", "experiment", "hparams_search")
+VOLATILE_LEAVES = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+                   "eval.batch_size", "backbone.encoder.batch_size", "backbone.encoder.num_threads",
+                   "backbone.encoder.progress")
+VOLATILE_SUFFIXES = ("dirpath", "data_dir", "cache_dir", "output_dir")  # where things are, not what they are
+
+
+def _volatile(leaf: str) -> bool:
+    return leaf in VOLATILE_LEAVES or leaf.rsplit(".", 1)[-1] in VOLATILE_SUFFIXES
+
+
+def config_tags(resolved: Mapping[str, Any]) -> dict[str, str]:
+    """``{"config.<node>": hash}`` for every top-level node of a resolved config (see above)."""
+    from tlexp.core.cache import stable_hash
+
+    flat = flatten(resolved)
+    tags: dict[str, str] = {}
+    for node in resolved:
+        if node in VOLATILE_NODES:
+            continue
+        leaves = {k: v for k, v in flat.items() if (k == node or k.startswith(node + ".")) and not _volatile(k)}
+        tags[f"{CONFIG_TAG_PREFIX}{node}"] = stable_hash(leaves, 10)
+    return tags
+
+
 class RunLog(Protocol):
     """What code below the pipeline may record about the run it is part of (strategies, stages)."""
 
@@ -101,6 +130,7 @@ class TrackedRun:
     def log_config(self, cfg: DictConfig) -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         self.log_params(flatten(resolved))
+        self.set_tags(config_tags(resolved))
         self.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -114,8 +144,11 @@ class TrackedRun:
             self.client.log_batch(self.run_id, metrics=items[i: i + 500])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i: i + 100])
 
     def log_text(self, text: str, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

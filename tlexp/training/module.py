@@ -63,7 +63,9 @@ class Validation:
     eval_set: EvalSet
     ks: list[int]
     batch_size: int = 1024
-    shown: str = "val/ndcg_at_10"  # the value on the progress bar
+    shown: str = "val/ndcg_at_10"  # the monitor: the value on the progress bar
+    # more validation keys from the ranking metrics and the model (the plan's k-shot and combined keys)
+    extra: Callable[[Recommender, dict[str, float]], dict[str, float]] | None = None
 
 
 @dataclass
@@ -128,6 +130,8 @@ class TrainingModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # exact: add the shards' sums, then divide
             acc.load_tensor(self.trainer.strategy.reduce(acc.as_tensor().to(self.device), reduce_op="sum").cpu())
         metrics = acc.result(self.validation.eval_set.name)
+        if self.validation.extra is not None:
+            metrics.update(self.validation.extra(self.model, metrics))
         shown = self.validation.shown
         self.log_dict({k: v for k, v in metrics.items() if k != shown}, prog_bar=False)
         if shown in metrics:

@@ -8,10 +8,14 @@ the target exactly as the ``finetune`` strategy would) is cached the same way un
 ``<cache>/finetune/<key>``, so that a sweep over students trains it once. Whoever asks always
 loads the weights from the entry — also right after building it — so a hit and a miss give
 identical runs. Both run through the one training loop (:mod:`tlexp.training.module`).
+
+Both select their best epoch on ``val/<metric>`` of the run's monitor (``val_cold/ndcg_at_10`` ->
+``val/ndcg_at_10``): a source domain has no cold users, and a stage's model serves every user.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -66,8 +70,14 @@ def _backbone_key(spec: Any) -> Any:
     return node
 
 
+def stage_settings(settings: TrainSettings) -> TrainSettings:
+    """The run's training settings with the monitor a stage selects on: ``val/<metric>``."""
+    metric = settings.monitor.partition("/")[2]
+    return dataclasses.replace(settings, monitor=f"val/{metric}")
+
+
 def pretrain_key(settings: TrainSettings, source_fingerprint: dict, backbone_spec: dict, seed: int) -> str:
-    return stable_hash({
+    return stable_hash({"monitor": settings.monitor,
         "source": source_fingerprint, "split": settings.split, "backbone": _backbone_key(backbone_spec),
         "loss": settings.loss, "optimizer": settings.optimizer, "scheduler": settings.scheduler,
         "pretrain": settings.pretrain, "batch_size": settings.batch_size, "ks": settings.ks,
@@ -109,6 +119,7 @@ def _load(spec: dict, data: DomainData, path: Path) -> Backbone:
 def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerprint: dict, backbone_spec: dict,
                     seed: int | None = None) -> Pretrained:
     """Train (or fetch from the cache) ``backbone_spec`` on the source domain."""
+    settings = stage_settings(settings)
     seed = int(settings.seed if seed is None else seed)
     key = pretrain_key(settings, source_fingerprint, backbone_spec, seed)
     first_build: list[dict] = []
@@ -130,7 +141,7 @@ def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerpr
 
 
 def finetune_key(settings: TrainSettings, scenario_key: str, pre_key: str, knobs: dict, seed: int) -> str:
-    return stable_hash({"scenario": scenario_key, "pretrain": pre_key, "settings": knobs,
+    return stable_hash({"scenario": scenario_key, "pretrain": pre_key, "settings": knobs, "monitor": settings.monitor,
                         "loss": settings.loss, "optimizer": settings.optimizer, "scheduler": settings.scheduler,
                         "batch_size": settings.batch_size, "ks": settings.ks, "seed": seed, "code": CODE_VERSION})
 
@@ -144,6 +155,7 @@ def finetune_teacher(settings: TrainSettings, source: DomainData, target: Domain
     scenario (source + target + split), the pretraining key, the transfer knobs, epochs and
     patience, loss, optimizer, batch size and seed. Returns (pretrained on the source, fine-tuned).
     """
+    settings = stage_settings(settings)
     seed = int(settings.seed if seed is None else seed)
     max_epochs = int(teacher.max_epochs if teacher.max_epochs is not None else settings.max_epochs)
     patience = int(teacher.patience if teacher.patience is not None else settings.patience)

@@ -73,6 +73,9 @@ class FileLoader:
         self.cleaning = CleaningConfig.from_dict(plain(cleaning), where=f"domain '{self.name}': cleaning")
         self.options = plain(options)
         self.last_cleaning: dict[str, int] | None = None
+        # False once read() finds no time order (no timestamps, rows in file order): the split then
+        # orders each user's rows at random (tlexp.data.scenario.random_order)
+        self.ordered = True
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -126,7 +129,7 @@ class FileLoader:
         log.info("domain %s: %d interactions, %d users, %d items", self.name, len(inter),
                  inter["user"].nunique(), len(items))
         return Domain(name=self.name, interactions=inter[cols].reset_index(drop=True),
-                      items=items.reset_index(drop=True))
+                      items=items.reset_index(drop=True), ordered=self.ordered)
 
     def cleaning_counts(self) -> dict[str, int]:
         """Counts removed by each cleaning step (loads the domain if it was not loaded yet)."""

@@ -125,8 +125,9 @@ class RecBoleLoader(FileLoader):
                 frame["split"] = part if part in ("train", "valid", "test") else str(part)
             parts.append(frame)
         inter = pd.concat(parts, ignore_index=True)
-        if "timestamp" not in inter.columns:  # no times: the row order within each user
+        if "timestamp" not in inter.columns:  # no times: the row order within each user, not a time order
             inter["timestamp"] = position_in_user(inter["user"])
+            self.ordered = False
         inter["user"] = inter["user"].astype(object)
         inter["item"] = inter["item"].astype(object)
         if o["user_file"]:

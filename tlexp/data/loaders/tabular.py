@@ -116,8 +116,9 @@ class TabularLoader(FileLoader):
         })
         if c["timestamp"]:
             inter["timestamp"] = parse_timestamps(raw[c["timestamp"]], path, c["timestamp"], self.name)
-        else:
+        else:  # no times: the row order within each user, not a time order
             inter["timestamp"] = position_in_user(inter["user"])
+            self.ordered = False
         if c["rating"]:
             inter["rating"] = to_float(raw[c["rating"]], path, c["rating"], self.name)
         if c["split"]:
