@@ -69,3 +69,14 @@ def test_run_logs_to_a_remote_server(outputs: Path, mlflow_server: str, monkeypa
     cfg = yaml.safe_load(Path(client.download_artifacts(result["run_id"], "config.yaml")).read_text())
     assert cfg["strategy"]["name"] == "finetune"
     assert not (outputs / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_server_that_is_down_or_dies_mid_run_fails_fast_with_a_resume_command(tmp_path: Path):
+    """Down: one line and exit 2 within seconds. Dies mid-run: one line, exit 3, checkpoints kept, and
+    the `tlexp run resume=<id>` that continues the run once the server is back."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import chaos
+
+    outcome = chaos.server_faults(tmp_path)
+    assert outcome.survived, outcome.detail

@@ -199,7 +199,9 @@ def _add_gains(table: pd.DataFrame, groups: dict, by: list[str], cols: list[str]
             table.loc[idx, f"{c} gain_pct"] = float((a - r).mean()) * scale
             table.loc[idx, f"{c} ci_low"] = lo * scale
             table.loc[idx, f"{c} ci_high"] = hi * scale
-            p = paired_t_test(a, r)[1]
+            # differences that do not vary over seeds (two deterministic models) have no sampling
+            # spread to test: no p-value, rather than scipy's p=0
+            p = paired_t_test(a, r)[1] if np.std(a - r) > 0 else float("nan")
             table.loc[idx, f"{c} p"] = p
             if not math.isnan(p):
                 pvalues.append((idx, c, p))
@@ -236,6 +238,8 @@ def fmt_gain(row: pd.Series, c: str) -> str:
     if math.isnan(g):
         return "—"
     lo, hi, p = _get(row, f"{c} ci_low"), _get(row, f"{c} ci_high"), _get(row, f"{c} p_holm")
+    if lo == hi:
+        return f"{g:+.1f} % (the same every seed)"
     ci = f" [{lo:+.1f}, {hi:+.1f}]" if not math.isnan(lo) else ""
     ps = "" if math.isnan(p) else (f" p={p:.3f}" if p >= 0.001 else f" p={p:.1e}")
     return f"{g:+.1f} %{ci}{ps}"

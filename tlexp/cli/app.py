@@ -26,9 +26,10 @@ commands:
                     --sweep ID|latest, --metric, --by, --pool, --csv, --markdown, --plot out.png)
   recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv]
                     top-K unseen items (with titles) per user from a finished run's model
+  runs [--reap]     the logged runs, newest first (run ids for recommend and resume=)
 """
 
-SUBCOMMANDS = ("run", "data", "ui", "compare", "recommend")
+SUBCOMMANDS = ("run", "data", "ui", "compare", "recommend", "runs")
 
 
 def _is_run_argument(arg: str) -> bool:
@@ -64,7 +65,10 @@ def _ui(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from tlexp.tracking.store import EMBEDDED_ARTIFACTS, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(None, args.outputs)
+    uri = resolve_tracking_uri(None, args.outputs, create=False)
+    if not uri.startswith("sqlite:"):
+        print(f"the store is a tracking server: open {uri} in a browser (tlexp ui serves embedded stores only)")
+        return 0
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     if uri.startswith("sqlite:"):
@@ -76,10 +80,20 @@ def _ui(argv: list[str]) -> int:
         return 0
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own group: stopped as a whole
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the server goes with us
         return 0
+    finally:
+        if child.poll() is None:
+            import signal
+
+            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(HELP)
         return 0
+    from tlexp.core.signals import Interrupted, install
+
+    install()  # Ctrl-C and SIGTERM raise Interrupted in every command: one line, exit 130 / 143
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt as stop:
+        code = stop.exit_code if isinstance(stop, Interrupted) else 130
+        print(f"tlexp: {stop or 'stopped by SIGINT'}", file=sys.stderr)
+        return code
+
+
+def _dispatch(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "run" or _is_run_argument(cmd):
         from tlexp.cli.run import main as run_main
@@ -107,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from tlexp.cli.data import main as data_main
 
         return data_main(rest)
+    if cmd == "runs":
+        from tlexp.cli.runs import main as runs_main
+
+        return runs_main(rest)
     print(f"tlexp: unknown command '{cmd}'\n\n{HELP}", file=sys.stderr)
     return 2
 

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
 
     try:
-        uri = resolve_tracking_uri(None, args.outputs)
+        uri = resolve_tracking_uri(None, args.outputs, create=False)
         run_compare(uri, args.experiment, args.sweep, args.metric, [b.strip() for b in args.by.split(",") if b.strip()],
                     args.baseline, args.csv, args.markdown, args.plot, args.pool)
     except TlexpError as err:

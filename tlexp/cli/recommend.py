@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
         from tlexp.tracking.store import resolve_tracking_uri
 
         outputs = args.get("outputs") or os.environ.get("TLEXP_OUTPUTS", "outputs")
-        uri = resolve_tracking_uri(None, outputs)
+        uri = resolve_tracking_uri(None, outputs, create=False)
         loaded = load_run(args["run"], uri, outputs)
         recs = recommend(loaded, parse_users(args["users"]), k, args.get("exclude", "history"))
     except TlexpError as err:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from tlexp.core.config import config_dir, register
 from tlexp.core.errors import TlexpError
+from tlexp.core.signals import Interrupted, install
 
 register()
 
@@ -32,18 +33,55 @@ def hydra_main(cfg: DictConfig) -> float | None:
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                   "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    err_console = Console(stderr=True)
     try:
+        if cfg.get("resume"):
+            from tlexp.pipeline.resume import resume_config
+
+            cfg = resume_config(cfg)
+            err_console.print(f"resuming run {cfg.resume} in {cfg.paths.output_dir} (its own logged config; "
+                              "other overrides are not applied)", highlight=False)
         result = run_pipeline(cfg)
     except TlexpError as err:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
         sys.exit(2)
+    except Exception as err:
+        if not tracking_failure(err):
+            raise
+        from tlexp.pipeline.run import CURRENT
+
+        where = f"; its checkpoints are in {CURRENT['run_dir']}/checkpoints" if CURRENT.get("run_dir") else ""
+        hint = f"; when the store is back: tlexp run resume={CURRENT['run_id']}" if CURRENT.get("run_id") else ""
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        err_console.print(f"[bold red]error:[/bold red] the tracking store {escape(CURRENT.get('tracking_uri', ''))} "
+                          f"stopped answering ({escape(first)}){escape(where)}{escape(hint)}", highlight=False)
+        sys.exit(3)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, at any stage: the run is KILLED
+        code = stop.exit_code if isinstance(stop, Interrupted) else 130
+        err_console.print(f"[bold yellow]stopped:[/bold yellow] {escape(str(stop) or 'stopped by SIGINT')} "
+                          "(the MLflow run is marked KILLED)", highlight=False)
+        sys.exit(code)
     if result.get("main_process", True):
         print_result(result)
     return result["metrics"].get(result["monitor"])
 
 
+def tracking_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is the tracking store failing: MLflow, HTTP or connection errors."""
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        module = type(cur).__module__
+        if module.startswith(("mlflow", "requests", "urllib3")) or isinstance(cur, ConnectionError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def main(overrides: list[str]) -> int:
     """Run Hydra on ``overrides`` (``tlexp run`` minus the word ``run``)."""
     sys.argv = [sys.argv[0], *overrides]
+    install()  # SIGINT and SIGTERM raise Interrupted at every stage
     hydra_main()
     return 0

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,8 +84,35 @@ def _build_private(root: Path, key: str, build: Callable[[Path], None]) -> Path:
     return tmp
 
 
+def _owner_prefix(key: str) -> str:
+    """Temp folders carry their builder (host, pid): a later build can remove those of dead builders."""
+    return f".{key}.{_host()}.{os.getpid()}."
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def remove_orphans(root: Path) -> list[Path]:
+    """Remove temp folders under ``root`` left by builders on this host that no longer run (kill -9)."""
+    host = _host()
+    removed = []
+    for p in root.glob(".*"):
+        parts = p.name.split(".")
+        if p.is_dir() and len(parts) >= 4 and parts[-3] == host and parts[-2].isdigit():
+            try:
+                os.kill(int(parts[-2]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            except PermissionError:
+                pass
+    return removed
+
+
 def _build_entry(root: Path, key: str, final: Path, build: Callable[[Path], None]) -> tuple[Path, bool]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    remove_orphans(root)
+    tmp = Path(tempfile.mkdtemp(prefix=_owner_prefix(key), dir=root))
     try:
         build(tmp)
         (tmp / ".complete").write_text("ok\n")

@@ -13,7 +13,9 @@ first; it is idempotent.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,10 +63,16 @@ def domain_spec(name: str) -> DictConfig:
 _REGISTERED: tuple = ()
 
 
+# One per process: run folders are unique even for runs started in the same second (hydra/default.yaml).
+PROCESS_ID = f"{os.getpid()}{secrets.token_hex(2)}"
+
+
 def register() -> None:
     """Resolvers and the ``source``/``target`` config groups (call before composing; cheap when nothing changed)."""
     if not OmegaConf.has_resolver("tlexp_root"):
         OmegaConf.register_new_resolver("tlexp_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("tlexp_uid"):
+        OmegaConf.register_new_resolver("tlexp_uid", lambda: PROCESS_ID)
     global _REGISTERED
     folder = config_dir() / "domain"
     state = (str(folder), tuple((p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.yaml"))))
@@ -93,3 +101,23 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []),
                              return_hydra_config=return_hydra_config)
+
+
+# What a config read back from a store may instantiate: tlexp's own classes and the optimizer and
+# trainer pieces it uses. A store may be shared, and a config artifact written by anyone.
+ALLOWED_TARGETS = ("tlexp.", "torch.optim.", "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.")
+
+
+def check_targets(node: Any, where: str = "config.yaml") -> None:
+    """Refuse a stored config that would instantiate anything outside :data:`ALLOWED_TARGETS`."""
+    from tlexp.core.errors import ConfigError
+
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and not (isinstance(value, str) and value.startswith(ALLOWED_TARGETS)):
+                raise ConfigError(f"{where}: _target_ '{value}' is not one of tlexp's own classes (allowed: "
+                                  f"{', '.join(ALLOWED_TARGETS)}); refusing to build anything from it")
+            check_targets(value, f"{where}:{key}" if key != "_target_" else where)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_targets(value, f"{where}[{i}]")

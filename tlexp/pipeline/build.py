@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tlexp.core.config import domain_spec
+from tlexp.core.faults import fault_point
 from tlexp.core.errors import ConfigError
 from tlexp.data.scenario import DomainData, Scenario, build_scenario
 from tlexp.evaluation.plan import EvalSettings, KShotSettings
@@ -71,6 +72,53 @@ def check_scenario(strategy: Strategy, scenario: Scenario) -> None:
     if strategy.uses_source and n_overlap == 0:
         log.warning("no overlap users between %s and %s: only shared weights transfer, no user embeddings",
                     scenario.source.name, scenario.target.name)
+
+
+# ----- checks before any work -----
+# (key, kind, lowest allowed value, the file that sets it)
+CHECKS = (("seed", int, None, "conf/config.yaml"), ("batch_size", int, 1, "conf/config.yaml"),
+          ("num_workers", int, 0, "conf/config.yaml"), ("trainer.max_epochs", int, 1, "conf/trainer/default.yaml"),
+          ("pretrain.max_epochs", int, 1, "conf/pretrain/default.yaml"),
+          ("pretrain.patience", int, 0, "conf/pretrain/default.yaml"),
+          ("callbacks.early_stopping.patience", int, 0, "conf/callbacks/default.yaml"),
+          ("optimizer.lr", float, 0.0, "conf/optimizer/"), ("optimizer.weight_decay", float, 0.0, "conf/optimizer/"),
+          ("split.min_user_interactions", int, 1, "conf/split/"), ("split.cold_user_share", float, 0.0, "conf/split/"),
+          ("split.cold_valid_share", float, 0.0, "conf/split/"))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Types and ranges of the values every run depends on, checked before any work: one line each."""
+    for key, kind, low, where in CHECKS:
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}: {str(err).splitlines()[0]} ({where})") from None
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
+        if not ok:
+            raise ConfigError(f"{key}={value!r} must be a{'n integer' if kind is int else ' number'} ({where}); "
+                              f"e.g. {key}={1 if kind is int else 0.001}")
+        strict = key == "optimizer.lr"
+        if low is not None and (value <= low if strict else value < low):
+            raise ConfigError(f"{key}={value} must be {'>' if strict else '>='} {low} ({where})")
+        if key.endswith("_share") and value > 1:
+            raise ConfigError(f"{key}={value} must be between 0 and 1 ({where})")
+    eval_settings(cfg)  # eval.ks, eval.monitor, eval.combine, eval.kshot
+    if cfg.strategy.get("name") is None:
+        raise ConfigError("strategy.name is missing (conf/strategy/<name>.yaml must set name)")
+
+
+def check_splits(scenario: Scenario, split: DictConfig) -> None:
+    """A domain whose training, validation or test split is empty cannot be trained, selected or
+    evaluated: say why, in one line (the source too: its pretraining selects on its validation split)."""
+    for side, t in (("target", scenario.target), ("source", scenario.source)):
+        for part in ("train", "valid", "test"):
+            if len(getattr(t, part)) == 0:
+                raise ConfigError(f"the {side} '{t.name}' has no {part} interactions with split.protocol="
+                                  f"{split.get('protocol')} and split.min_user_interactions="
+                                  f"{split.get('min_user_interactions')}: lower split.min_user_interactions (users "
+                                  "with fewer interactions stay wholly in train)")
 
 
 # ----- typed settings -----
@@ -175,6 +223,7 @@ def train_needs(cfg: DictConfig, needs: list[Need], scenario: Scenario, source_f
     out: dict[str, Trained] = {}
     for need in needs:
         t0 = time.time()
+        fault_point("stage")
         with isolate_rng():
             if isinstance(need, SourceModel):
                 out[need.key] = _source_model(cfg, need, scenario, source_fp, settings, log_to)

@@ -26,12 +26,23 @@ import torch
 from omegaconf import DictConfig
 
 from tlexp.core.distributed import is_main_process
+from tlexp.core.faults import fault_point
 from tlexp.data.scenario import Scenario
 from tlexp.evaluation.evaluator import top_items
 from tlexp.evaluation.plan import EvaluationPlan
 from tlexp.models.base import backbone_name
 from tlexp.models.recommender import Recommender
-from tlexp.pipeline.build import assemble, check_scenario, eval_settings, load_scenario, make_strategy
+from tlexp.core.errors import ConfigError
+from tlexp.pipeline.build import (
+    assemble,
+    check_scenario,
+    check_splits,
+    eval_settings,
+    load_scenario,
+    make_strategy,
+    validate_config,
+)
+from tlexp.pipeline.resume import last_checkpoint
 from tlexp.tracking.run import TrackedRun, UntrackedRun, git_sha
 from tlexp.tracking.store import resolve_tracking_uri
 from tlexp.tracking.sweep import sweep_tags
@@ -39,18 +50,28 @@ from tlexp.training.module import TrainingModule, Validation
 from tlexp.training.trainer import build_trainer, fit_best
 
 log = logging.getLogger(__name__)
+# The run this process is running (id, folder, store): what an error message needs to say how to resume.
+CURRENT: dict[str, str] = {}
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment as configured; returns final metrics, run id and store."""
     t_start = time.time()
+    validate_config(cfg)
+    strategy = make_strategy(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".write_test").touch()
+        (out_dir / ".write_test").unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to the run folder {out_dir} ({err.strerror}); point TLEXP_OUTPUTS (or "
+                          "paths.output_root) at a writable folder") from None
 
     # scenario, strategy (typed settings), plan
     scenario, source_fp = load_scenario(cfg)
     target = scenario.target
-    strategy = make_strategy(cfg)
+    check_splits(scenario, cfg.split)
     check_scenario(strategy, scenario)
     plan = EvaluationPlan(target, eval_settings(cfg), strategy.kshot_shots())
 
@@ -64,9 +85,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     uri = resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_root)
     tags.update(sweep_tags(uri))  # in a multirun: sweep_id, sweep_job, mlflow.parentRunId
 
-    tracked = TrackedRun(uri, cfg.paths.output_root, tags, experiment, run_name) if is_main_process() \
-        else UntrackedRun(uri)  # the other processes of a DDP run compute the same and record nothing
+    tags["run_dir"] = str(out_dir.resolve())
+    resume = cfg.get("resume") or None
+    tracked = TrackedRun(uri, cfg.paths.output_root, tags, experiment, run_name, resume=resume) \
+        if is_main_process() else UntrackedRun(uri)  # other DDP processes compute the same, record nothing
+    CURRENT.update(run_id=tracked.run_id, run_dir=str(out_dir.resolve()), tracking_uri=uri)
     with tracked as run:
+        fault_point("data")
         run.log_config(cfg)
         run.log_params(_scenario_stats(scenario))
 
@@ -84,13 +109,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
                                     Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor,
                                                plan.epoch_extras))
-            trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger())
-            try:
-                fit = fit_best(trainer, module, built.datamodule)
-            except SystemExit:
-                if trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1); keep it an interrupt
-                    raise KeyboardInterrupt from None
-                raise
+            trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger(),
+                                    stage="target")
+            fit = fit_best(trainer, module, built.datamodule, last_checkpoint(out_dir) if resume else None)
             timings["time/fit_s"] = time.time() - t0
             best_path = fit["best_path"]
             run.set_tags({"best_epoch": fit["best_epoch"]})
@@ -110,6 +131,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                 run.log_file(path, (Path("backbone") / path.parent.relative_to(tmp)).as_posix())
 
         # evaluate
+        fault_point("evaluate")
         t0 = time.time()
         with torch.no_grad():
             val_metrics = plan.validate(model)
@@ -128,6 +150,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         run.log_params({f"n_users.{k}": v for k, v in plan.segment_sizes().items()})
 
         # artifacts
+        fault_point("artifacts")
         if cfg.logger.predictions_sample:
             sample = _predictions_sample(scenario, plan, model, int(cfg.logger.predictions_sample))
             run.log_text(sample.to_csv(index=False), "predictions.csv")

@@ -56,16 +56,16 @@ def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) 
     """Rebuild the model of ``run_id`` from its logged config and best checkpoint."""
     import torch
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
-    from tlexp.core.config import register
+    from tlexp.core.config import check_targets, register
     from tlexp.evaluation.plan import EvaluationPlan
     from tlexp.pipeline.build import assemble, eval_settings, load_scenario, make_strategy
     from tlexp.tracking.run import NullLog
+    from tlexp.tracking.store import open_store
 
     register()
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_store(tracking_uri, create=False)
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -80,10 +80,19 @@ def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) 
             raise ConfigError(f"run '{run_id}' has no config.yaml artifact, so it cannot be rebuilt; "
                               "it was not logged by tlexp run")
         cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", tmp))
+        if not isinstance(cfg, DictConfig):
+            raise ConfigError(f"run '{run_id}': config.yaml is not a mapping; refusing to build anything from it")
+        check_targets(OmegaConf.to_container(cfg, resolve=False), f"run '{run_id}' config.yaml")
         ckpts = [a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")] \
             if "checkpoints" in names else []
-        ckpt = torch.load(client.download_artifacts(run_id, ckpts[0], tmp), map_location="cpu",
-                          weights_only=False) if ckpts else None
+        ckpt = None
+        if ckpts:
+            try:  # tensors and plain containers only: a checkpoint can run no code while it loads
+                ckpt = torch.load(client.download_artifacts(run_id, ckpts[0], tmp), map_location="cpu",
+                                  weights_only=True)
+            except Exception as err:  # noqa: BLE001 - pickle's UnpicklingError and friends
+                raise ConfigError(f"run '{run_id}': checkpoint {ckpts[0]} holds more than tensors "
+                                  f"({str(err).splitlines()[0][:200]}); refusing to load it") from None
         with open_dict(cfg):
             # The run's cache if it is still where the run left it, else this outputs folder's.
             if not Path(str(cfg.paths.cache_dir)).exists():

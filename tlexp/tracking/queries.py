@@ -40,6 +40,9 @@ def search_runs(uri: str, experiment: str | None = None, filter_string: str = ""
     """``mlflow.search_runs`` on ``uri``: one experiment by name, or all of them."""
     import mlflow
 
+    from tlexp.tracking.store import open_store
+
+    open_store(uri, create=False)
     with tracking_uri(uri):
         if experiment:
             if mlflow.get_experiment_by_name(experiment) is None:

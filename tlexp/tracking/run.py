@@ -8,6 +8,7 @@ interrupted is ended as FAILED / KILLED rather than left RUNNING. Artifacts alre
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from tlexp.tracking.store import artifact_location, get_or_create_experiment
+from tlexp.tracking.store import artifact_location, get_or_create_experiment, open_store
 
 MAX_PARAM_LEN = 6000
 
@@ -51,7 +52,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 # ``config.<node>`` = a short hash of the resolved node. Nodes and leaves that do not change the
 # numbers (where files go, how chatty the trainer is, the seed) are left out.
 CONFIG_TAG_PREFIX = "config."
-VOLATILE_NODES = ("seed", "run_name", "paths", "logger", "hydra", "num_workers", "experiment", "hparams_search")
+VOLATILE_NODES = ("seed", "run_name", "paths", "logger", "hydra", "num_workers", "experiment", "hparams_search",
+                  "resume")
 VOLATILE_LEAVES = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
                    "eval.batch_size", "backbone.encoder.batch_size", "backbone.encoder.num_threads",
                    "backbone.encoder.progress")
@@ -103,16 +105,22 @@ class TrackedRun:
     """A context manager around one MLflow run: ``with TrackedRun(...) as run: ...``."""
 
     def __init__(self, tracking_uri: str, output_root: str | Path, tags: dict[str, str], experiment_name: str,
-                 run_name: str):
-        from mlflow.tracking import MlflowClient
-
+                 run_name: str, resume: str | None = None):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = open_store(tracking_uri)
+        reap_stale_runs(self.client)
         self.experiment_name = experiment_name
         self.experiment_id = get_or_create_experiment(
             self.client, experiment_name, artifact_location(self.tracking_uri, output_root))
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
+        tags = {**tags, **process_tags()}
+        if resume:  # the same MLflow run continues: RUNNING again, this process's tags
+            self.client.update_run(resume, status="RUNNING")
+            self.run_id = resume
+            previous = self.client.get_run(resume).data.tags.get("resumed", "0")
+            self.set_tags({**tags, "resumed": str(int(previous) + 1 if previous.isdigit() else 1)})
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
         # Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which also exports
         # MLFLOW_TRACKING_URI: remembered here, put back on exit, so that a later run in this
         # process (tests, notebooks, sweeps with the basic launcher) does not log to this store.
@@ -129,6 +137,7 @@ class TrackedRun:
 
     def log_config(self, cfg: DictConfig) -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved.pop("resume", None)  # how this process was started, not what the run is (a resumed run logs it again)
         self.log_params(flatten(resolved))
         self.set_tags(config_tags(resolved))
         self.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
@@ -160,11 +169,16 @@ class TrackedRun:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def lightning_logger(self):
-        """Lightning's MLFlowLogger attached to this run (per-epoch metrics)."""
+        """Lightning's MLFlowLogger attached to this run (per-epoch metrics), which never ends the run:
+        Lightning would mark it FINISHED when ``fit`` returns, before evaluation and artifacts."""
         from lightning.pytorch.loggers import MLFlowLogger
 
-        return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
-                            run_id=self.run_id, log_model=False)
+        class RunLogger(MLFlowLogger):
+            def finalize(self, status: str = "success") -> None:
+                pass  # the TrackedRun ends the run, once everything is logged
+
+        return RunLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
+                         run_id=self.run_id, log_model=False)
 
     def _restore_tracking_uri(self) -> None:
         if os.environ.get("MLFLOW_TRACKING_URI") == self._env_uri:
@@ -182,6 +196,10 @@ class TrackedRun:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "KILLED"
+            try:
+                self.set_tags({"stopped_by": str(exc) or "SIGINT"})
+            except Exception:  # noqa: BLE001 - never hide the interrupt behind a logging error
+                pass
         else:
             status = "FAILED"
             try:
@@ -189,9 +207,51 @@ class TrackedRun:
             except Exception:  # noqa: BLE001 - never hide the original error behind a logging one
                 pass
         self.status = status
-        self.client.set_terminated(self.run_id, status=status)
-        self._restore_tracking_uri()
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - the store went away: the original error matters more
+            if exc_type is None:
+                raise
+        finally:
+            self._restore_tracking_uri()
         return False
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs the run: a later command can tell a run whose process is gone (see :func:`reap_stale_runs`)."""
+    return {"tlexp.host": socket.gethostname(), "tlexp.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_runs(client) -> list[str]:
+    """Mark KILLED the RUNNING runs started on this host by a process that no longer exists (``kill -9``,
+    a crash); returns their ids. Runs of other hosts are left alone: their processes cannot be seen."""
+    host = socket.gethostname()
+    reaped = []
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        if not experiments:
+            return []
+        runs = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
+                                                              f"tags.`tlexp.host` = '{host}'", max_results=500)
+    except Exception:  # noqa: BLE001 - reaping is housekeeping; never fail a run over it
+        return []
+    for run in runs:
+        pid = run.data.tags.get("tlexp.pid", "")
+        if pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "stopped_by", f"process {pid} gone (found by a later tlexp command)")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
 
 
 class UntrackedRun(NullLog):

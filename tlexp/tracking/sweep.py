@@ -72,14 +72,13 @@ def _task_overrides(cfg: DictConfig) -> list[str]:
 
 def start_parent_run(cfg: DictConfig, sweep_dir: str | Path) -> SweepInfo:
     """Create store, experiment and parent run for the sweep in ``sweep_dir``; write the sweep file."""
-    from mlflow.tracking import MlflowClient
 
     from tlexp.tracking.run import git_sha
-    from tlexp.tracking.store import artifact_location, get_or_create_experiment, resolve_tracking_uri
+    from tlexp.tracking.store import artifact_location, get_or_create_experiment, open_store, resolve_tracking_uri
 
     out_root = cfg.paths.output_root
     uri = resolve_tracking_uri(cfg.logger.get("tracking_uri"), out_root)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)
     name = experiment_name_for(cfg)
     exp_id = get_or_create_experiment(client, name, artifact_location(uri, out_root))
     sweep_dir = Path(sweep_dir)

@@ -10,6 +10,7 @@ watch the configured monitor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,17 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from tlexp.core.errors import TlexpError
 from tlexp.evaluation.evaluator import EvalSet, accumulate
 from tlexp.models.recommender import Recommender
+
+# A recommendation loss lives around 0.1-10 (a softmax over thousands of items: ~ln(n)); a loss beyond
+# this, or not finite, means training diverged: the run stops instead of reporting garbage.
+MAX_LOSS = 1e6
+
+
+class TrainingDiverged(TlexpError):
+    """The training loss became non-finite or exploded."""
 
 
 class Objective(nn.Module):
@@ -102,7 +112,14 @@ class TrainingModule(pl.LightningModule):
 
     # ----- training -----
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.objective.step(self, batch)
+        loss = self.objective.step(self, batch)
+        value = float(loss.detach())
+        if not math.isfinite(value) or abs(value) > MAX_LOSS:
+            raise TrainingDiverged(
+                f"the training loss is {value:.3g} at epoch {self.current_epoch}, step {self.global_step}: training "
+                f"diverged (limit {MAX_LOSS:g}); lower optimizer.lr (now {self.optimisation.base_lr:g}) or check the "
+                "loss settings — nothing from this run was cached")
+        return loss
 
     def log_train(self, name: str, value: torch.Tensor | float, batch_size: int, prog_bar: bool = False) -> None:
         """An epoch-level training value (mean over the epoch's batches, weighted by ``batch_size``),

@@ -98,8 +98,9 @@ def _module(settings: TrainSettings, backbone: Backbone, data: DomainData,
 
 
 def _fit_and_save(settings: TrainSettings, module: TrainingModule, data: DomainData, path: Path, max_epochs: int,
-                  patience: int) -> dict:
-    trainer = build_trainer(settings, max_epochs=max_epochs, patience=patience, ckpt_dir=path / "lightning")
+                  patience: int, stage: str) -> dict:
+    trainer = build_trainer(settings, max_epochs=max_epochs, patience=patience, ckpt_dir=path / "lightning",
+                            stage=stage)
     t0 = time.time()
     backbone = module.model.backbone
     fit = fit_best(trainer, module, datamodule_for(data, backbone, settings.batch_size, settings.num_workers))
@@ -130,7 +131,7 @@ def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerpr
         first_build.append(backbone.tracking_info())
         module = _module(settings, backbone, source)
         meta = _fit_and_save(settings, module, source, path, int(settings.pretrain["max_epochs"]),
-                             int(settings.pretrain["patience"]))
+                             int(settings.pretrain["patience"]), "pretrain")
         meta = {"source": source.name, **meta, "n_users": source.n_users, "n_items": source.n_items, "seed": seed}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -173,7 +174,7 @@ def finetune_teacher(settings: TrainSettings, source: DomainData, target: Domain
         item_map = torch.from_numpy(pd.Index(source.items).get_indexer(target.items)).long()
         moved = transfer_weights(backbone, pre.backbone, user_map, item_map, t)
         module = _module(settings, backbone, target, lr_scales(moved, t.lr_scale))
-        meta = _fit_and_save(settings, module, target, path, max_epochs, patience)
+        meta = _fit_and_save(settings, module, target, path, max_epochs, patience, "teacher")
         meta = {"source": source.name, "target": target.name, **meta, "pretrain_key": pre.key, "seed": seed}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 

@@ -14,13 +14,16 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 
+from tlexp.core.signals import last_interrupt
+from tlexp.training.callbacks import EpochFaultPoint, RandomState
 from tlexp.training.module import TrainingModule
 from tlexp.training.settings import TrainSettings
 
 
 def build_trainer(settings: TrainSettings, *, max_epochs: int | None = None, patience: int | None = None,
-                  ckpt_dir: str | Path, logger: Any = False) -> pl.Trainer:
-    """A Trainer from ``trainer`` with early stopping + best checkpoint (into ``ckpt_dir``) on the monitor."""
+                  ckpt_dir: str | Path, logger: Any = False, stage: str = "target") -> pl.Trainer:
+    """A Trainer from ``trainer`` with early stopping + best and last checkpoints (into ``ckpt_dir``) on
+    the monitor, the random state in every checkpoint (exact resume) and a fault point per epoch."""
     tcfg = dict(settings.trainer)
     if max_epochs is not None:
         tcfg["max_epochs"] = max_epochs
@@ -32,12 +35,13 @@ def build_trainer(settings: TrainSettings, *, max_epochs: int | None = None, pat
     ck["dirpath"] = str(ckpt_dir)
     ck["monitor"] = settings.monitor
     es["monitor"] = settings.monitor
-    callbacks = [instantiate(es), instantiate(ck)]
+    callbacks = [instantiate(es), instantiate(ck), RandomState(), EpochFaultPoint(stage)]
     return instantiate(tcfg, callbacks=callbacks, logger=logger, default_root_dir=str(ckpt_dir))
 
 
-def fit_best(trainer: pl.Trainer, module: TrainingModule, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """Fit, then load the best checkpoint's weights into ``module`` (in this process).
+def fit_best(trainer: pl.Trainer, module: TrainingModule, datamodule: pl.LightningDataModule,
+             ckpt_path: str | Path | None = None) -> dict[str, Any]:
+    """Fit (from ``ckpt_path`` when resuming), then load the best checkpoint's weights into ``module``.
 
     Under ``ddp_spawn`` the fit happens in child processes; the checkpoint file is what survives,
     so the best weights are always read back from it. Under ``ddp`` every process reads it, and
@@ -46,7 +50,14 @@ def fit_best(trainer: pl.Trainer, module: TrainingModule, datamodule: pl.Lightni
     counts = getattr(datamodule, "item_counts", None)
     if counts is not None:
         module.objective.attach(counts)  # losses that correct for the sampling distribution
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException (a SystemExit):
+        # either way the fit was interrupted; say so, as everywhere else
+        if trainer.interrupted or trainer.received_sigterm:
+            raise last_interrupt() from None
+        raise
     ckpt = trainer.checkpoint_callback
     best_path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
     best_score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None

@@ -1,0 +1,52 @@
+"""Lightning callbacks every fit gets: the random state in checkpoints, and a fault point per epoch.
+
+:class:`RandomState` stores the torch, numpy and python random states in every checkpoint and puts
+them back when training resumes from one, so that a resumed run draws the same negatives, shuffles
+the same batches and applies the same dropout as a run that was never stopped (Lightning restores
+weights, optimizer, schedulers and loops, but not the global random state). The states are stored
+as tensors and plain numbers: a checkpoint still loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from tlexp.core.faults import fault_point
+
+
+class RandomState(pl.Callback):
+    """The global random states, saved with each checkpoint and restored on resume."""
+
+    @property
+    def state_key(self) -> str:
+        return "tlexp.RandomState"
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, py_state, py_gauss = random.getstate()
+        return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+                "numpy": [int(pos), int(has_gauss), float(gauss)], "python_version": int(version),
+                "python": torch.tensor(py_state, dtype=torch.int64), "python_gauss": py_gauss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss),
+                             float(gauss)))
+        random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()),
+                         state["python_gauss"]))
+
+
+class EpochFaultPoint(pl.Callback):
+    """``<stage>_epoch_end``: after the epoch's validation and checkpoint (tlexp/core/faults.py)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fault_point(f"{self.stage}_epoch_end")
