@@ -17,8 +17,10 @@ install:
 run:
 	$(BIN)/tlexp run
 
+# two workers on 2 cores (files stay whole on one worker, so module fixtures are built once):
+# 536 s instead of 757 s serial, measured on this 2-core machine
 test:
-	$(BIN)/python -m pytest -q --timeout=900 --durations=15
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --timeout=900 --durations=15
 
 test-fast:  # unit tests only: nothing trains end to end (tests/integration is marked slow)
 	$(BIN)/python -m pytest -q tests/unit -m "not slow" --timeout=600

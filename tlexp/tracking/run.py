@@ -171,11 +171,7 @@ class TrackedRun:
     def lightning_logger(self):
         """Lightning's MLFlowLogger attached to this run (per-epoch metrics), which never ends the run:
         Lightning would mark it FINISHED when ``fit`` returns, before evaluation and artifacts."""
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        class RunLogger(MLFlowLogger):
-            def finalize(self, status: str = "success") -> None:
-                pass  # the TrackedRun ends the run, once everything is logged
+        from tlexp.tracking.lightning_logger import RunLogger
 
         return RunLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
                          run_id=self.run_id, log_model=False)
