@@ -30,7 +30,8 @@ def test_meta_runs_end_to_end_with_k_shot_segments(outputs: Path):
     history = client.get_metric_history(res["run_id"], "train/meta_query_loss")
     assert len(history) == 3  # one point per epoch (TINY: 3 epochs)
     # Reptile on the same scenario: the pretraining cache is shared, the numbers differ
-    rep = run_pipeline(tiny_cfg(outputs, "strategy=meta", "meta.algorithm=reptile", "meta.inner_params=[user,map]",
+    # the defaults suffice for Reptile (meta.inner_params=auto adds the mapping it must meta-learn)
+    rep = run_pipeline(tiny_cfg(outputs, "strategy=meta", "meta.algorithm=reptile",
                                 "meta.test_shots=[1,3]", run_dir="reptile"))
     df = mlflow_runs(res["tracking_uri"]).set_index("run_id")
     assert df.loc[rep["run_id"], "tags.pretrain_cache"] == "hit"

@@ -39,8 +39,8 @@ def learning_curves(train_loss: Sequence[float], val_metric: Sequence[float], pa
     ax1.plot(ep_loss, train_loss, marker="o", color="#C44E52")
     ax1.set(xlabel="epoch", ylabel="train/loss", title="training loss")
     ax2.plot(ep_val, val_metric, marker="o", color="#4C72B0")
-    if best_epoch is not None and 0 <= best_epoch < len(val_metric):
-        ax2.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=1, label="selected")
+    if best_epoch is not None and 1 <= best_epoch <= len(val_metric):  # epochs count from 1
+        ax2.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label="selected")
         ax2.legend(loc="lower right", fontsize=8)
     ax2.set(xlabel="epoch", ylabel=val_name, title="validation")
     for ax in (ax1, ax2):

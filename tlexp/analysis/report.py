@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 COLUMNS = ("recall_at_10", "ndcg_at_10", "hit_at_10", "mrr_at_10", "ndcg_at_20", "coverage_at_10")
@@ -34,5 +35,9 @@ def results_table(result: dict[str, Any]) -> Table:
 def print_result(result: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     console.print(results_table(result))
-    console.print(f"MLflow run [bold]{result['run_id']}[/bold] in experiment "
-                  f"'{result['experiment']}' at {result['tracking_uri']}  (browse: tlexp ui)")
+    console.print(f"MLflow run [bold]{escape(result['run_id'])}[/bold] in experiment "
+                  f"'{escape(result['experiment'])}' at {escape(result['tracking_uri'])}", highlight=False)
+    if result.get("run_dir"):
+        console.print(f"run folder: {escape(str(result['run_dir']))}", highlight=False)
+    console.print(f"browse: tlexp ui   ·   list: tlexp runs   ·   serve: tlexp recommend run={result['run_id']} "
+                  "users=0,1", highlight=False)

@@ -55,6 +55,27 @@ def _strip_run_from_completion_line() -> None:
             os.environ["COMP_POINT"] = str(max(0, int(point) - (len(line) - len(stripped))))
 
 
+ML_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens on its GenAI views without it
+
+
+def experiment_links(uri: str, base: str, limit: int = 5) -> list[str]:
+    """Links that open the most recent experiments on the training-runs table (not the traces view).
+
+    MLflow 3.17's UI picks GenAI or "Model training" views from the ``workflowType`` URL parameter,
+    else from what the browser last chose (GenAI by default); the experiment's own kind tag is not
+    enough. Clicking "Model training" once in the sidebar also makes the browser remember it.
+    """
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiments = MlflowClient(uri).search_experiments(order_by=["last_update_time DESC"], max_results=limit + 1)
+    except Exception:  # noqa: BLE001 - links are a convenience; the UI starts anyway
+        return []
+    lines = [f"  {e.name}: {base}/#/experiments/{e.experiment_id}/runs?{ML_VIEW}"
+             for e in experiments if e.name != "Default"][:limit]
+    return (["experiments (open on the runs table):"] + lines) if lines else []
+
+
 def _ui(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tlexp ui", description="MLflow UI over tlexp's store, on 127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
@@ -79,6 +100,8 @@ def _ui(argv: list[str]) -> int:
         print(" ".join(cmd))
         return 0
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    for line in experiment_links(uri, f"http://{args.host}:{args.port}"):
+        print(line)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     child = subprocess.Popen(cmd, env=env, start_new_session=True)  # its own group: stopped as a whole
     try:

@@ -34,12 +34,14 @@ def main(argv: list[str]) -> int:
                    help="tlexp's outputs folder (holds the embedded store; MLFLOW_TRACKING_URI wins)")
     args = p.parse_args(argv)
     from rich.console import Console
+    from rich.markup import escape
 
     try:
         uri = resolve_tracking_uri(None, args.outputs, create=False)
         run_compare(uri, args.experiment, args.sweep, args.metric, [b.strip() for b in args.by.split(",") if b.strip()],
                     args.baseline, args.csv, args.markdown, args.plot, args.pool)
     except TlexpError as err:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(err))}",
+                                                   highlight=False)
         return 2
     return 0

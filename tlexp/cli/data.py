@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if not argv or argv[0] in ("-h", "--help", "help"):
         console.print(USAGE)
         return 0 if argv else 2

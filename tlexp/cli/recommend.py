@@ -25,6 +25,7 @@ def _parse(argv: list[str]) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """``tlexp recommend run=... users=... [k=10] [out=...]``."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from tlexp.core.errors import TlexpError
@@ -46,7 +47,8 @@ def main(argv: list[str]) -> int:
         loaded = load_run(args["run"], uri, outputs)
         recs = recommend(loaded, parse_users(args["users"]), k, args.get("exclude", "history"))
     except TlexpError as err:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(err))}",
+                                                   highlight=False)
         return 2
     table = Table(title=f"top-{k} for {recs['user'].nunique()} user(s) · run {loaded.run_id} · "
                         f"{loaded.cfg.strategy.name} · {loaded.scenario.source.name} → {loaded.scenario.target.name}",

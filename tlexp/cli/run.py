@@ -30,10 +30,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from tlexp.analysis.report import print_result
     from tlexp.pipeline import run_pipeline
 
-    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                  "alembic", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    err_console = Console(stderr=True)
+    from tlexp.core.console import quiet_third_party
+
+    quiet_third_party()
+    logging.captureWarnings(True)  # into run.log (conf/hydra/default.yaml), never onto the console
+    err_console = Console(stderr=True, soft_wrap=True)
     try:
         if cfg.get("resume"):
             from tlexp.pipeline.resume import resume_config

@@ -86,7 +86,8 @@ def clean_interactions(df: pd.DataFrame, cfg: CleaningConfig, domain: str,
 
     def step(name: str, before: int, after: pd.DataFrame, fix: str) -> pd.DataFrame:
         counts[name] = int(before - len(after))
-        log.info("domain %s: cleaning step %s removed %d of %d rows", domain, name, counts[name], before)
+        if counts[name]:  # a step that removed nothing is not news
+            log.info("domain %s: cleaning step %s removed %d of %d rows", domain, name, counts[name], before)
         if after.empty and before:
             raise DataError(f"domain '{domain}'{src}: no interactions left after cleaning step '{name}'; {fix}")
         return after

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from tlexp.core.console import stage
 from tlexp.core.distributed import is_main_process
 from tlexp.core.faults import fault_point
 from tlexp.data.scenario import Scenario
@@ -45,7 +46,9 @@ from tlexp.pipeline.build import (
 from tlexp.pipeline.resume import last_checkpoint
 from tlexp.tracking.run import TrackedRun, UntrackedRun, git_sha
 from tlexp.tracking.store import resolve_tracking_uri
-from tlexp.tracking.sweep import sweep_tags
+from tlexp.tracking.naming import run_name as make_run_name
+from tlexp.tracking.naming import source_tags
+from tlexp.tracking.sweep import current_sweep, sweep_tags
 from tlexp.training.module import TrainingModule, Validation
 from tlexp.training.trainer import build_trainer, fit_best
 
@@ -54,9 +57,26 @@ log = logging.getLogger(__name__)
 CURRENT: dict[str, str] = {}
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment as configured; returns final metrics, run id and store."""
+def hydra_job() -> tuple[list[str], Path | None]:
+    """This Hydra job's task overrides and its log file; ``([], None)`` outside a Hydra job."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ValueError, ImportError):
+        return [], None
+    return [str(o) for o in hc.overrides.task], Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+
+
+def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run one experiment as configured; returns final metrics, run id and store.
+
+    ``overrides`` are what the user changed (they name the run and are recorded); by default the
+    Hydra job's own.
+    """
     t_start = time.time()
+    job_overrides, log_file = hydra_job()
+    overrides = job_overrides if overrides is None else list(overrides)
     validate_config(cfg)
     strategy = make_strategy(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -73,6 +93,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     target = scenario.target
     check_splits(scenario, cfg.split)
     check_scenario(strategy, scenario)
+    cache = "hit" if scenario.cache_hit else "miss"
+    stage("data", f"{scenario.source.name} → {target.name}: {target.n_users} users, {target.n_items} items, "
+                  f"{len(target.train)} training interactions (scenario cache {cache})")
     plan = EvaluationPlan(target, eval_settings(cfg), strategy.kshot_shots())
 
     backbone_label = backbone_name(strategy.backbone_spec() or cfg.backbone) if strategy.trains else strategy.name
@@ -80,14 +103,19 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     tags = {"strategy": strategy.name, "source": scenario.source.name, "target": target.name,
             "backbone": backbone_label, "seed": str(seed), "git_sha": git_sha(cfg.paths.root_dir),
             "scenario_key": scenario.key, "scenario_cache": "hit" if scenario.cache_hit else "miss"}
-    run_name = cfg.run_name or f"{strategy.name}-{backbone_label}-s{seed}"
-    experiment = cfg.logger.experiment_name or scenario.name
+    run_name = cfg.run_name or make_run_name(strategy.name, overrides, seed, backbone_label
+                                             if strategy.trains else None)
     uri = resolve_tracking_uri(cfg.logger.tracking_uri, cfg.paths.output_root)
+    sweep = current_sweep()
+    # a sweep's jobs all live in its parent's experiment (the UI nests runs within one experiment only)
+    in_sweep = sweep is not None and bool(sweep.parent_run_id) and sweep.tracking_uri == uri
+    experiment = cfg.logger.experiment_name or (sweep.experiment_name if in_sweep else "") or scenario.name
     tags.update(sweep_tags(uri))  # in a multirun: sweep_id, sweep_job, mlflow.parentRunId
+    tags.update(source_tags(overrides))
 
     tags["run_dir"] = str(out_dir.resolve())
     resume = cfg.get("resume") or None
-    tracked = TrackedRun(uri, cfg.paths.output_root, tags, experiment, run_name, resume=resume) \
+    tracked = TrackedRun(uri, cfg.paths.output_root, tags, experiment, run_name, resume=resume, log_file=log_file) \
         if is_main_process() else UntrackedRun(uri)  # other DDP processes compute the same, record nothing
     CURRENT.update(run_id=tracked.run_id, run_dir=str(out_dir.resolve()), tracking_uri=uri)
     with tracked as run:
@@ -105,6 +133,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         # fit
         best_path, last_step = "", 0
         if strategy.trains and built.objective is not None:
+            verb = "transfer" if asm.inputs.models else "train"
+            stage(verb, f"{strategy.name} · {backbone_label} on {target.name} (up to {asm.settings.max_epochs} epochs, "
+                        f"selecting on {plan.monitor})")
             t0 = time.time()
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
                                     Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor,
@@ -132,6 +163,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
         # evaluate
         fault_point("evaluate")
+        stage("evaluate", f"{len(plan.segment_sizes())} segments at k={','.join(map(str, plan.ks))}: validation, "
+                          "then test (nothing is chosen on test)")
         t0 = time.time()
         with torch.no_grad():
             val_metrics = plan.validate(model)
@@ -139,29 +172,33 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         timings["time/eval_s"] = time.time() - t0
         # The selected model's validation metrics are logged last, so the monitor (eval.monitor) of a
         # finished run is the objective a sweeper should read (never a test metric).
+        # Final test values are logged at step 0: the MLflow UI draws a metric whose latest step is 0
+        # as a bar per run (a bar per group when grouped by strategy), and a line over steps otherwise.
         run.log_metrics(val_metrics, step=last_step)
-        run.log_metrics(test_metrics, step=last_step)
+        run.log_metrics(test_metrics, step=0)
         extra = plan.kshot(model)
         with torch.no_grad():
             extra.update(plan.extra(strategy.extra_scorers(built)))
             extra.update(plan.timings(strategy.timed_scorers(built)))
             extra.update(strategy.report(built, asm.inputs))
-        run.log_metrics(extra, step=last_step)
+        run.log_metrics(extra, step=0)
         run.log_params({f"n_users.{k}": v for k, v in plan.segment_sizes().items()})
 
         # artifacts
         fault_point("artifacts")
+        stage("track", f"metrics, checkpoint, predictions and the run log into run {run.run_id or '-'}")
         if cfg.logger.predictions_sample:
             sample = _predictions_sample(scenario, plan, model, int(cfg.logger.predictions_sample))
             run.log_text(sample.to_csv(index=False), "predictions.csv")
         if best_path and cfg.logger.log_checkpoint:
             run.log_file(best_path, "checkpoints")
         timings["time/total_s"] = time.time() - t_start
-        run.log_metrics(timings, step=last_step)
+        run.log_metrics(timings, step=0)
 
     return {"metrics": {**val_metrics, **test_metrics, **extra}, "run_id": run.run_id,
             "tracking_uri": run.tracking_uri, "experiment": experiment, "segments": plan.segment_sizes(),
-            "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun), "monitor": plan.monitor}
+            "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun), "monitor": plan.monitor,
+            "run_dir": str(out_dir.resolve()), "run_name": run_name}
 
 
 def _scenario_stats(s: Scenario) -> dict[str, Any]:
@@ -188,7 +225,7 @@ def _log_learning_curves(run: TrackedRun, out_dir: Path, best_epoch: int, title:
     if not loss and not val:
         return
     path = learning_curves(loss, val, out_dir / "plots" / "learning_curves.png", title=title, val_name=monitor,
-                           best_epoch=best_epoch if best_epoch >= 0 else None)
+                           best_epoch=best_epoch if best_epoch >= 1 else None)
     run.log_file(path, "plots")
 
 

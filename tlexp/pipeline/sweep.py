@@ -50,7 +50,68 @@ class MlflowSweepCallback(Callback):
         info = read_sweep_file(Path(str(config.hydra.sweep.dir)))
         if info is None:
             return
+        attach_report(info)
         end_parent_run(info)
         _OPEN.pop(info.sweep_id, None)
         print(f"sweep {info.sweep_id}: parent MLflow run {info.parent_run_id} in experiment "
               f"'{info.experiment_name}'  (compare: tlexp compare --sweep {info.sweep_id})")
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (``optimizer.lr=1e-3,3e-3`` -> ``optimizer.lr``), seed left out."""
+    keys = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key != "seed" and ("," in value or value.startswith(("range(", "choice(", "interval(", "glob("))):
+            keys.append(key)
+    return keys
+
+
+def attach_report(info: SweepInfo) -> None:
+    """The sweep's compare table (markdown + CSV) and bar chart, one per scenario, as artifacts of its
+    parent run (``compare/``): what the sweep found, next to the runs it found it with.
+
+    Groups are the strategy plus every non-data key the sweep varied. A sweep whose runs cannot be
+    compared (e.g. a knob varied inside a group) gets the reason as the tag ``compare.skipped``.
+    """
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    from tlexp.analysis.compare import compare_table, notes, to_markdown
+    from tlexp.analysis.plots import compare_bars
+    from tlexp.core.errors import TlexpError
+    from tlexp.tracking.queries import load_runs
+
+    client = MlflowClient(tracking_uri=info.tracking_uri)
+    try:
+        overrides = client.get_run(info.parent_run_id).data.tags.get("sweep.overrides", "").split()
+        data_keys = ("data", "source", "target", "world", "split")
+        by = ["strategy", *[k for k in swept_keys(overrides) if k.split(".")[0] not in data_keys
+                            and k not in ("strategy", "hparams_search")]]
+        df = load_runs(info.tracking_uri, sweep=info.sweep_id)
+        scenario = [c for c in ("tags.source", "tags.target", "tags.scenario_key") if c in df.columns]
+        parts, skipped = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (key, runs) in enumerate(df.groupby(scenario, dropna=False) if scenario else [("", df)]):
+                label = " → ".join(str(k) for k in key[:2]) if isinstance(key, tuple) else str(key)
+                try:
+                    table = compare_table(runs.reset_index(drop=True), by=by)
+                except TlexpError as err:
+                    skipped.append(f"{label}: {err}")
+                    continue
+                parts.append(f"## {label} ({len(runs)} runs, by {', '.join(by)})\n\n{to_markdown(table)}\n"
+                             f"{notes(table, markdown=True)}")
+                compare_bars(table, Path(tmp) / f"compare_{i}.png", title=f"{label} · by {', '.join(by)}")
+                table.to_csv(Path(tmp) / f"compare_{i}.csv", index=False)
+            if parts:
+                (Path(tmp) / "compare.md").write_text(f"# sweep {info.sweep_id}\n\n" + "\n\n".join(parts))
+                client.log_artifacts(info.parent_run_id, tmp, "compare")
+        if skipped:
+            client.set_tag(info.parent_run_id, "compare.skipped", "; ".join(skipped)[:5000])
+    except Exception as err:  # noqa: BLE001 - a report that cannot be made must not fail the sweep
+        client.set_tag(info.parent_run_id, "compare.skipped", f"{type(err).__name__}: {err}"[:5000])
+        Console(stderr=True, soft_wrap=True).print(f"sweep {info.sweep_id}: no compare report ({type(err).__name__})",
+                                   highlight=False, markup=False)

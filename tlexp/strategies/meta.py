@@ -158,7 +158,7 @@ class MetaSettings:
     inner_steps: int = 3
     inner_lr: float = 0.1
     learn_inner_lr: bool = True
-    inner_params: tuple[str, ...] = ("user",)
+    inner_params: tuple[str, ...] | str = "auto"  # auto: [user] for maml/fomaml, [user, map] for reptile
     train_shots: tuple[int, ...] = (1, 3, 5)
     query_size: int = 10
     task_share: float = 0.5
@@ -175,6 +175,14 @@ class MetaSettings:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"meta.algorithm '{self.algorithm}' is unknown; use one of {list(ALGORITHMS)}")
+        params = self.inner_params
+        if params == "auto" or list(params) == ["auto"]:
+            # Reptile's outer step moves the start of what the inner loop adapted; an offset to the user
+            # vector starts at zero for every task, so Reptile needs the mapping's weights among them
+            params = ("user", "map") if self.algorithm == "reptile" else ("user",)
+        elif isinstance(params, str):
+            params = (params,)
+        object.__setattr__(self, "inner_params", tuple(str(p) for p in params))
         bad = set(self.inner_params) - {"user", "map"}
         if bad or not self.inner_params:
             raise ConfigError(f"meta.inner_params {list(self.inner_params)}: use a non-empty subset of [user, map]")

@@ -105,8 +105,9 @@ class TrackedRun:
     """A context manager around one MLflow run: ``with TrackedRun(...) as run: ...``."""
 
     def __init__(self, tracking_uri: str, output_root: str | Path, tags: dict[str, str], experiment_name: str,
-                 run_name: str, resume: str | None = None):
+                 run_name: str, resume: str | None = None, log_file: str | Path | None = None):
         self.tracking_uri = tracking_uri
+        self.log_path = Path(log_file) if log_file else None
         self.client = open_store(tracking_uri)
         reap_stale_runs(self.client)
         self.experiment_name = experiment_name
@@ -176,6 +177,19 @@ class TrackedRun:
         return RunLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
                          run_id=self.run_id, log_model=False)
 
+    def _log_the_log(self) -> None:
+        """The run's log file (stage lines, warnings, errors) as the artifact ``run.log``, also when it failed."""
+        if self.log_path is None or not self.log_path.exists():
+            return
+        import logging
+
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            self.client.log_artifact(self.run_id, str(self.log_path))
+        except Exception:  # noqa: BLE001 - a log that cannot be uploaded must not hide the run's outcome
+            pass
+
     def _restore_tracking_uri(self) -> None:
         if os.environ.get("MLFLOW_TRACKING_URI") == self._env_uri:
             return
@@ -203,6 +217,7 @@ class TrackedRun:
             except Exception:  # noqa: BLE001 - never hide the original error behind a logging one
                 pass
         self.status = status
+        self._log_the_log()
         try:
             self.client.set_terminated(self.run_id, status=status)
         except Exception:  # noqa: BLE001 - the store went away: the original error matters more

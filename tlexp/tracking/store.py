@@ -100,6 +100,12 @@ def artifact_location(uri: str, output_root: str | Path) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment on the GenAI traces view unless the experiment says what kind
+# it is; this tag (the value the UI's own "custom model development" choice writes) opens it on the
+# training-runs table, with charts of the runs' metrics.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(client, name: str, artifact_root: str | None) -> str:
     """Experiment id for ``name``, creating it if needed; tolerant of a concurrent creator."""
     from mlflow.exceptions import MlflowException
@@ -108,10 +114,13 @@ def get_or_create_experiment(client, name: str, artifact_root: str | None) -> st
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if exp.tags.get("mlflow.experimentKind") is None:  # made by an older tlexp, or by hand
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
         location = f"{artifact_root}/{name}" if artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:

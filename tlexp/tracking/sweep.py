@@ -42,10 +42,20 @@ class SweepInfo:
     job_num: int | None = None
 
 
-def experiment_name_for(cfg: DictConfig) -> str:
-    """The experiment ``run_pipeline`` will log to: ``logger.experiment_name`` or '<source>-to-<target>'."""
+DATA_NODES = ("data", "source", "target", "world", "split")
+
+
+def experiment_name_for(cfg: DictConfig, overrides: list[str] | None = None) -> str:
+    """The experiment a sweep and all its jobs log to: ``logger.experiment_name``; for a sweep over
+    data (``data=social,ecommerce``) the swept data overrides, e.g. 'sweep data=social,ecommerce'
+    (its jobs span scenarios, and the UI nests runs within one experiment only); else
+    '<source>-to-<target>'."""
     if cfg.logger.get("experiment_name"):
         return str(cfg.logger.experiment_name)
+    swept = [o for o in overrides or [] if o.partition("=")[0].lstrip("+~").split(".")[0] in DATA_NODES
+             and ("," in o.partition("=")[2] or "(" in o.partition("=")[2])]
+    if swept:
+        return "sweep " + " ".join(swept)
     names = []
     for node in (cfg.source, cfg.target):
         name = node.get("name")
@@ -79,11 +89,11 @@ def start_parent_run(cfg: DictConfig, sweep_dir: str | Path) -> SweepInfo:
     out_root = cfg.paths.output_root
     uri = resolve_tracking_uri(cfg.logger.get("tracking_uri"), out_root)
     client = open_store(uri)
-    name = experiment_name_for(cfg)
+    overrides = _task_overrides(cfg)
+    name = experiment_name_for(cfg, overrides)
     exp_id = get_or_create_experiment(client, name, artifact_location(uri, out_root))
     sweep_dir = Path(sweep_dir)
     sweep_id = new_sweep_id(sweep_dir)
-    overrides = _task_overrides(cfg)
     tags = {PARENT_TAG: "true", "sweep_id": sweep_id, "sweep_dir": str(sweep_dir.resolve()),
             "sweep.overrides": " ".join(overrides)[:5000],
             "git_sha": git_sha(cfg.paths.root_dir)}

@@ -1,4 +1,5 @@
-"""Lightning callbacks every fit gets: the random state in checkpoints, and a fault point per epoch.
+"""Lightning callbacks every fit gets: the random state in checkpoints, a fault point per epoch, a
+named progress bar and the third-party warning filters.
 
 :class:`RandomState` stores the torch, numpy and python random states in every checkpoint and puts
 them back when training resumes from one, so that a resumed run draws the same negatives, shuffles
@@ -16,6 +17,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lightning.pytorch.callbacks import RichProgressBar
+
+from tlexp.core.console import quiet_third_party
 from tlexp.core.faults import fault_point
 
 
@@ -50,3 +54,29 @@ class EpochFaultPoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fault_point(f"{self.stage}_epoch_end")
+
+
+class StageProgressBar(RichProgressBar):
+    """One named bar per training stage (``pretrain · epoch 3/30``), epochs counted from 1 as in the
+    ``best_epoch`` tags and the learning-curve plot, and without Lightning's ``v_num``."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        total = self.trainer.max_epochs
+        return f"{self.stage} · epoch {current_epoch + 1}" + (f"/{total}" if total and total > 0 else "")
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class QuietThirdParty(pl.Callback):
+    """Known third-party warnings filtered in every training process, ``ddp_spawn`` workers included
+    (they start from a fresh interpreter that never ran the CLI's filters)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        quiet_third_party()

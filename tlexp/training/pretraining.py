@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from tlexp.core.cache import cached_dir, stable_hash
+from tlexp.core.console import stage
 from tlexp.data.datamodule import datamodule_for
 from tlexp.data.scenario import DomainData
 from tlexp.evaluation.evaluator import make_eval_set
@@ -126,6 +127,7 @@ def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerpr
     first_build: list[dict] = []
 
     def build(path: Path) -> None:
+        stage("pretrain", f"{backbone_spec.get('name', 'model')} on {source.name}: cache miss, training")
         pl.seed_everything(seed, workers=True, verbose=False)
         backbone = build_backbone(backbone_spec, source)
         first_build.append(backbone.tracking_info())
@@ -135,7 +137,10 @@ def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerpr
         meta = {"source": source.name, **meta, "n_users": source.n_users, "n_items": source.n_items, "seed": seed}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
+    what = f"{backbone_spec.get('name', 'model')} on {source.name}"
     path, hit = cached_dir(_root(settings, "pretrain"), key, build)
+    if hit:
+        stage("pretrain", f"{what}: cache hit ({key}), nothing to train")
     backbone = _load(backbone_spec, source, path)
     info = first_build[0] if first_build else backbone.tracking_info()
     return Pretrained(backbone, key, hit, json.loads((path / "meta.json").read_text()), info)
@@ -167,6 +172,7 @@ def finetune_teacher(settings: TrainSettings, source: DomainData, target: Domain
     key = finetune_key(settings, scenario_key, pre.key, knobs, seed)
 
     def build(path: Path) -> None:
+        stage("teacher", f"{backbone_spec.get('name', 'model')} fine-tuned on {target.name}: cache miss, training")
         pl.seed_everything(seed, workers=True, verbose=False)
         backbone = build_backbone(backbone_spec, target)
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -178,5 +184,8 @@ def finetune_teacher(settings: TrainSettings, source: DomainData, target: Domain
         meta = {"source": source.name, "target": target.name, **meta, "pretrain_key": pre.key, "seed": seed}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
+    what = f"teacher {backbone_spec.get('name', 'model')} fine-tuned on {target.name}"
     path, hit = cached_dir(_root(settings, "finetune"), key, build)
+    if hit:
+        stage("teacher", f"{what}: cache hit ({key}), nothing to train")
     return pre, Pretrained(_load(backbone_spec, target, path), key, hit, json.loads((path / "meta.json").read_text()))

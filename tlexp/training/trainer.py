@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from tlexp.core.signals import last_interrupt
-from tlexp.training.callbacks import EpochFaultPoint, RandomState
+from tlexp.training.callbacks import EpochFaultPoint, QuietThirdParty, RandomState, StageProgressBar
 from tlexp.training.module import TrainingModule
 from tlexp.training.settings import TrainSettings
 
@@ -35,7 +35,9 @@ def build_trainer(settings: TrainSettings, *, max_epochs: int | None = None, pat
     ck["dirpath"] = str(ckpt_dir)
     ck["monitor"] = settings.monitor
     es["monitor"] = settings.monitor
-    callbacks = [instantiate(es), instantiate(ck), RandomState(), EpochFaultPoint(stage)]
+    callbacks = [instantiate(es), instantiate(ck), RandomState(), EpochFaultPoint(stage), QuietThirdParty()]
+    if tcfg.get("enable_progress_bar", True):
+        callbacks.append(StageProgressBar(stage))
     return instantiate(tcfg, callbacks=callbacks, logger=logger, default_root_dir=str(ckpt_dir))
 
 
@@ -61,11 +63,11 @@ def fit_best(trainer: pl.Trainer, module: TrainingModule, datamodule: pl.Lightni
     ckpt = trainer.checkpoint_callback
     best_path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
     best_score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None
-    best_epoch = -1
+    best_epoch = 0  # none
     if best_path and Path(best_path).exists():
         ckpt_data = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(ckpt_data["state_dict"])
-        best_epoch = int(ckpt_data.get("epoch", -1))
+        best_epoch = int(ckpt_data.get("epoch", -1)) + 1  # counted from 1, as on the progress bar
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return {"best_path": best_path,
