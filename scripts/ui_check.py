@@ -135,7 +135,7 @@ def check(work: Path, shots: Path | None = None, timeout_s: float = 90) -> Repor
                                 lines: e.querySelectorAll('.trace.scatter').length,
                                 legend: Array.from(e.querySelectorAll('.legendtext')).map(t => t.textContent)}))""")
                 card_text = area.inner_text()
-                if charts and charts[0]["bars"] and all(s in card_text for s in STRATEGIES):
+                if len(charts) == 1 and charts[0]["bars"] and all(s in card_text for s in STRATEGIES):
                     break
                 time.sleep(1)
             card_text = area.inner_text()

@@ -36,8 +36,9 @@ def print_result(result: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     console.print(results_table(result))
     console.print(f"MLflow run [bold]{escape(result['run_id'])}[/bold] in experiment "
-                  f"'{escape(result['experiment'])}' at {escape(result['tracking_uri'])}", highlight=False)
+                  f"'{escape(result['experiment'])}' at {escape(result['tracking_uri'])}", highlight=False,
+                  soft_wrap=True)
     if result.get("run_dir"):
-        console.print(f"run folder: {escape(str(result['run_dir']))}", highlight=False)
+        console.print(f"run folder: {escape(str(result['run_dir']))}", highlight=False, soft_wrap=True)
     console.print(f"browse: tlexp ui   ·   list: tlexp runs   ·   serve: tlexp recommend run={result['run_id']} "
-                  "users=0,1", highlight=False)
+                  "users=0,1", highlight=False, soft_wrap=True)
