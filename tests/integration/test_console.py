@@ -90,6 +90,14 @@ def test_a_data_sweep_nests_every_job_under_its_parent_in_one_experiment(data_sw
     assert report.count("## ") == 2 and "scratch" in report
 
 
+def _parent_id(uri: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return next(r.info.run_id for r in runs if r.data.tags.get("tlexp.sweep_parent") == "true")
+
+
 @pytest.mark.slow
 def test_runs_lists_the_jobs_of_a_sweep(data_sweep):
     uri, env, _ = data_sweep
@@ -101,6 +109,9 @@ def test_runs_lists_the_jobs_of_a_sweep(data_sweep):
     assert len({r["sweep_id"] for r in rows}) == 1
     table = run_cli(["runs", "--sweep", rows[0]["sweep_id"]], env)
     assert table.returncode == 0 and all(r["run_id"] in table.stdout for r in rows)
+    # a sweep's parent holds no model: recommend says so and names a job
+    parent = run_cli(["recommend", f"run={_parent_id(uri)}", "users=u1"], env)
+    assert parent.returncode == 2 and "is the parent of sweep" in parent.stderr and "run=" in parent.stderr
     missing = run_cli(["runs", "--sweep", "nope"], env)
     assert missing.returncode == 2 and "sweep 'nope' has no runs" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

@@ -82,6 +82,27 @@ def test_exclude_all_also_drops_held_out_items(finetune_run):
     assert not any((u, i) in pairs for u, i in zip(recs["user"], recs["item"], strict=True))
     with_history = recommend(loaded, users, k=20)
     assert any((u, i) in pairs for u, i in zip(with_history["user"], with_history["item"], strict=True))
+    # the hit column is exactly "among the user's held-out test items"
+    expected = [(u, i) in pairs for u, i in zip(with_history["user"], with_history["item"], strict=True)]
+    assert with_history["hit"].tolist() == expected and any(expected)
+    assert not recs["hit"].any()
+
+
+def test_history_shows_the_last_known_items_of_each_user(finetune_run):
+    from tlexp.serving.recommend import load_run, user_history
+
+    out, result = finetune_run
+    loaded = load_run(result["run_id"], result["tracking_uri"], out)
+    target = loaded.scenario.target
+    users = target.users[np.unique(target.train["user"])[:5]].tolist()[::-1]
+    hist = user_history(loaded, users, n=3)
+    assert list(dict.fromkeys(hist["user"])) == users  # in the order asked
+    known = pd.concat([target.train, target.valid])
+    for user, g in hist.groupby("user", sort=False):
+        u = target.user_index(np.array([user], dtype=object))[0]
+        mine = known[known["user"] == u]
+        assert g["item"].tolist() == target.items[mine["item"].to_numpy()[-3:]].tolist()
+        assert g["split"].iloc[-1] == ("valid" if (target.valid["user"] == u).any() else "train")
 
 
 def test_cli_reads_users_from_a_file_and_writes_csv(finetune_run, tmp_path: Path, capsys, monkeypatch):

@@ -40,5 +40,6 @@ def print_result(result: dict[str, Any], console: Console | None = None) -> None
                   soft_wrap=True)
     if result.get("run_dir"):
         console.print(f"run folder: {escape(str(result['run_dir']))}", highlight=False, soft_wrap=True)
+    users = ",".join(result.get("example_users") or ["<user ids>"])
     console.print(f"browse: tlexp ui   ·   list: tlexp runs   ·   serve: tlexp recommend run={result['run_id']} "
-                  "users=0,1", highlight=False, soft_wrap=True)
+                  f"users={escape(users)} history=5", highlight=False, soft_wrap=True)

@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 
 from tlexp.core.errors import ConfigError
-from tlexp.serving.recommend import USAGE, load_run, parse_users, recommend
+from tlexp.serving.recommend import USAGE, load_run, parse_users, recommend, user_history
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
     args: dict[str, str] = {}
     for a in argv:
         key, eq, value = a.lstrip("-").partition("=")
-        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs"}:
+        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs", "history"}:
             raise ConfigError(f"tlexp recommend: unexpected argument '{a}'; arguments are key=value:\n{USAGE}")
         args[key] = value
     missing = [k for k in ("run", "users") if not args.get(k)]
@@ -33,7 +33,12 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    from tlexp.core.console import quiet_third_party
+
+    quiet_third_party()
     console = Console()
+    if not console.is_terminal:  # piped: rich would wrap titles at 80 columns
+        console = Console(width=160)
     try:
         args = _parse(argv)
         try:
@@ -45,22 +50,39 @@ def main(argv: list[str]) -> int:
         outputs = args.get("outputs") or os.environ.get("TLEXP_OUTPUTS", "outputs")
         uri = resolve_tracking_uri(None, outputs, create=False)
         loaded = load_run(args["run"], uri, outputs)
-        recs = recommend(loaded, parse_users(args["users"]), k, args.get("exclude", "history"))
+        users = parse_users(args["users"])
+        recs = recommend(loaded, users, k, args.get("exclude", "history"))
+        try:
+            n_history = int(args.get("history", "0"))
+        except ValueError:
+            raise ConfigError(f"history='{args['history']}' is not a whole number; e.g. history=5") from None
+        history = user_history(loaded, users, n_history) if n_history > 0 else None
     except TlexpError as err:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(str(err))}",
                                                    highlight=False)
         return 2
+    if history is not None:
+        past = Table(title=f"last {n_history} known item(s) per user (what the model saw)", title_justify="left")
+        for c in ("user", "item", "title", "category", "split"):
+            past.add_column(c)
+        for r in history.itertuples(index=False):
+            past.add_row(*(escape(str(v)) for v in (r.user, r.item, r.title, r.category, r.split)))
+        console.print(past)
     table = Table(title=f"top-{k} for {recs['user'].nunique()} user(s) · run {loaded.run_id} · "
                         f"{loaded.cfg.strategy.name} · {loaded.scenario.source.name} → {loaded.scenario.target.name}",
                   title_justify="left")
     for c, j in (("user", "left"), ("rank", "right"), ("item", "left"), ("title", "left"), ("category", "left"),
-                 ("score", "right")):
+                 ("score", "right"), ("hit", "center")):
         table.add_column(c, justify=j)
     last = recs.groupby("user")["rank"].transform("max").to_numpy()
     for r, end in zip(recs.itertuples(index=False), last, strict=True):
-        table.add_row(str(r.user) if r.rank == 1 else "", str(r.rank), str(r.item), str(r.title), str(r.category),
-                      f"{r.score:.4f}", end_section=bool(r.rank == end))
+        table.add_row(escape(str(r.user)) if r.rank == 1 else "", str(r.rank), escape(str(r.item)),
+                      escape(str(r.title)), escape(str(r.category)), f"{r.score:.4f}", "✓" if r.hit else "",
+                      end_section=bool(r.rank == end))
     console.print(table)
+    hits = int(recs["hit"].sum())
+    console.print(f"{hits} of {len(recs)} recommended items are among the users' held-out test items (hit ✓)",
+                  highlight=False)
     if args.get("out"):
         Path(args["out"]).parent.mkdir(parents=True, exist_ok=True)
         recs.to_csv(args["out"], index=False)

@@ -10,6 +10,7 @@ out of the console.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 log = logging.getLogger("tlexp")
@@ -39,6 +40,7 @@ NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightnin
 
 def quiet_third_party() -> None:
     """Drop the known third-party warnings and INFO chatter; idempotent (DDP workers call it too)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded config file
     for pattern, _why in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in NOISY_LOGGERS:

@@ -198,7 +198,8 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     return {"metrics": {**val_metrics, **test_metrics, **extra}, "run_id": run.run_id,
             "tracking_uri": run.tracking_uri, "experiment": experiment, "segments": plan.segment_sizes(),
             "tags": tags, "timings": timings, "main_process": isinstance(run, TrackedRun), "monitor": plan.monitor,
-            "run_dir": str(out_dir.resolve()), "run_name": run_name}
+            "run_dir": str(out_dir.resolve()), "run_name": run_name,
+            "example_users": [str(u) for u in target.users[:2]]}
 
 
 def _scenario_stats(s: Scenario) -> dict[str, Any]:

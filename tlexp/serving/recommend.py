@@ -28,7 +28,7 @@ from tlexp.core.errors import ConfigError
 
 USAGE = """\
 usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [exclude=history|all]
-                       [outputs=DIR]
+                       [history=N] [outputs=DIR]
 
   run      id of a finished run (tlexp compare / tlexp ui list them)
   users    comma-separated user ids (e.g. u12,u40), or a file: one id per line, or a CSV with a
@@ -37,6 +37,8 @@ usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [e
   out      also write the recommendations as CSV (user, rank, item, title, category, score)
   exclude  history (default: the user's train+valid items, as the run was evaluated) or all
            (also the held-out test items)
+  history  also show each user's last N known items (train+valid), e.g. history=5
+  The 'hit' column marks recommended items that are among the user's held-out test items.
   outputs  tlexp's outputs folder holding the embedded store (default $TLEXP_OUTPUTS or outputs;
            MLFLOW_TRACKING_URI wins)
 """
@@ -71,6 +73,13 @@ def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) 
     except MlflowException:
         raise ConfigError(f"run '{run_id}' is not in the store {tracking_uri}; list runs with "
                           "`tlexp compare` or `tlexp ui` (or set MLFLOW_TRACKING_URI / outputs=)") from None
+    if run.data.tags.get("tlexp.sweep_parent") == "true":
+        sweep = run.data.tags.get("sweep_id", "")
+        kids = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
+                                  max_results=3)
+        example = f" (e.g. run={kids[0].info.run_id})" if kids else ""
+        raise ConfigError(f"run '{run_id}' is the parent of sweep {sweep}: it holds the sweep's summary, not a "
+                          f"model; pick one of its jobs{example}; list them with `tlexp runs --sweep {sweep}`")
     if run.info.status != "FINISHED":
         raise ConfigError(f"run '{run_id}' is {run.info.status}, not FINISHED: only a finished run has a "
                           "final model; pick another run")
@@ -174,4 +183,23 @@ def recommend(loaded: LoadedRun, users: list[str], k: int = 10, exclude: str = "
     out["item"] = info["item"].to_numpy()[out["item_index"]]
     out["title"] = info["text"].to_numpy()[out["item_index"]]
     out["category"] = info["category"].to_numpy()[out["item_index"]]
-    return out[["user", "rank", "item", "title", "category", "score"]]
+    held_out = set(zip(target.test["user"].to_numpy().tolist(), target.test["item"].to_numpy().tolist(), strict=True))
+    user_idx = target.user_index(out["user"].to_numpy(dtype=object))
+    out["hit"] = [(int(u), int(i)) in held_out for u, i in zip(user_idx, out["item_index"], strict=True)]
+    return out[["user", "rank", "item", "title", "category", "score", "hit"]]
+
+
+def user_history(loaded: LoadedRun, users: list[str], n: int = 5) -> pd.DataFrame:
+    """Each user's last ``n`` known target items (train, then valid: what the model saw), newest last."""
+    target = loaded.scenario.target
+    idx = target.user_index(np.asarray(users, dtype=object))
+    frames = [target.train.assign(split="train"), target.valid.assign(split="valid")]
+    known = pd.concat(frames, ignore_index=True)
+    known = known[known["user"].isin(idx[idx >= 0])]
+    known = known.groupby("user", sort=False).tail(n)
+    info = target.item_info
+    out = pd.DataFrame({"user": target.users[known["user"].to_numpy()], "item": info["item"].to_numpy()[known["item"]],
+                        "title": info["text"].to_numpy()[known["item"]],
+                        "category": info["category"].to_numpy()[known["item"]], "split": known["split"].to_numpy()})
+    order = {u: i for i, u in enumerate(users)}
+    return out.sort_values("user", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
