@@ -31,6 +31,7 @@ from tlexp.models.base import Backbone, build_backbone
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
 from tlexp.tracking.run import RunLog
 from tlexp.training.pretraining import finetune_teacher, pretrain_source
+from tlexp.training.regularize import RegularizeSettings
 from tlexp.training.settings import TrainSettings
 from tlexp.training.transfer import TransferSettings
 
@@ -86,6 +87,14 @@ CHECKS = (("seed", int, None, "conf/config.yaml"), ("batch_size", int, 1, "conf/
           ("split.cold_valid_share", float, 0.0, "conf/split/"))
 
 
+def regularize_settings(cfg: DictConfig) -> RegularizeSettings:
+    """``regularize.*`` as typed settings (configs logged before the group existed: all terms off)."""
+    node = cfg.get("regularize")
+    if node is None:
+        return RegularizeSettings()
+    return parse_settings(RegularizeSettings, OmegaConf.to_container(node, resolve=True), "regularize")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Types and ranges of the values every run depends on, checked before any work: one line each."""
     for key, kind, low, where in CHECKS:
@@ -105,6 +114,7 @@ def validate_config(cfg: DictConfig) -> None:
         if key.endswith("_share") and value > 1:
             raise ConfigError(f"{key}={value} must be between 0 and 1 ({where})")
     eval_settings(cfg)  # eval.ks, eval.monitor, eval.combine, eval.kshot
+    regularize_settings(cfg)
     if cfg.strategy.get("name") is None:
         raise ConfigError("strategy.name is missing (conf/strategy/<name>.yaml must set name)")
 

@@ -41,6 +41,7 @@ from tlexp.pipeline.build import (
     eval_settings,
     load_scenario,
     make_strategy,
+    regularize_settings,
     validate_config,
 )
 from tlexp.pipeline.resume import last_checkpoint
@@ -50,6 +51,7 @@ from tlexp.tracking.naming import run_name as make_run_name
 from tlexp.tracking.naming import source_tags
 from tlexp.tracking.sweep import current_sweep, sweep_tags
 from tlexp.training.module import TrainingModule, Validation
+from tlexp.training.regularize import Regularizer
 from tlexp.training.trainer import build_trainer, fit_best
 
 log = logging.getLogger(__name__)
@@ -132,14 +134,20 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
 
         # fit
         best_path, last_step = "", 0
+        if regularize_settings(cfg).active and not (strategy.trains and built.objective is not None):
+            raise ConfigError(f"regularize.* adds terms to a training loss, but strategy={strategy.name} trains "
+                              "nothing; drop the regularize overrides or pick a trained strategy")
         if strategy.trains and built.objective is not None:
             verb = "transfer" if asm.inputs.models else "train"
             stage(verb, f"{strategy.name} · {backbone_label} on {target.name} (up to {asm.settings.max_epochs} epochs, "
                         f"selecting on {plan.monitor})")
             t0 = time.time()
+            reg = regularize_settings(cfg)
+            # L2-SP's starting point: the transferred weights as they are now, before any target step
+            regularizer = Regularizer(reg, model, built.lr_scales) if reg.active else None
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
                                     Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor,
-                                               plan.epoch_extras))
+                                               plan.epoch_extras), regularizer)
             trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger(),
                                     stage="target")
             fit = fit_best(trainer, module, built.datamodule, last_checkpoint(out_dir) if resume else None)

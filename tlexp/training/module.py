@@ -22,6 +22,7 @@ from torch import nn
 from tlexp.core.errors import TlexpError
 from tlexp.evaluation.evaluator import EvalSet, accumulate
 from tlexp.models.recommender import Recommender
+from tlexp.training.regularize import Regularizer
 
 # A recommendation loss lives around 0.1-10 (a softmax over thousands of items: ~ln(n)); a loss beyond
 # this, or not finite, means training diverged: the run stops instead of reporting garbage.
@@ -102,17 +103,23 @@ class TrainingModule(pl.LightningModule):
     """Train ``model`` by ``objective``; validate by full ranking; optimise as ``optimisation`` says."""
 
     def __init__(self, model: Recommender, objective: Objective, optimisation: Optimisation,
-                 validation: Validation | None = None):
+                 validation: Validation | None = None, regularizer: Regularizer | None = None):
         super().__init__()
         self.model = model
         self.objective = objective
         self.optimisation = optimisation
         self.validation = validation
+        self.regularizer = regularizer
         self._val_acc = None
 
     # ----- training -----
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.objective.step(self, batch)
+        if self.regularizer is not None:  # named terms (L2-SP, L1, L2), logged unweighted
+            terms = self.regularizer.terms(self.model)
+            for name, term in terms.items():
+                self.log_train(f"train/reg_{name}", term.detach(), 1)
+            loss = loss + self.regularizer.weighted(terms)
         value = float(loss.detach())
         if not math.isfinite(value) or abs(value) > MAX_LOSS:
             raise TrainingDiverged(

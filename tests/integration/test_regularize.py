@@ -1,0 +1,34 @@
+"""`regularize.*` in a real run: each term logged per epoch, L2-SP keeps finetune nearer its start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import mlflow_runs, tiny_cfg
+
+from tlexp.core.errors import ConfigError
+
+
+def test_l2_sp_is_logged_per_epoch_and_changes_the_run(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    from tlexp.pipeline import run_pipeline
+
+    plain = run_pipeline(tiny_cfg(tmp_path, "strategy=finetune", run_dir="plain"))
+    held = run_pipeline(tiny_cfg(tmp_path, "strategy=finetune", "regularize.l2_sp=10", "regularize.l2=1e-4",
+                                 run_dir="held"))
+    client = MlflowClient(held["tracking_uri"])
+    sp = client.get_metric_history(held["run_id"], "train/reg_l2_sp")
+    l2 = client.get_metric_history(held["run_id"], "train/reg_l2")
+    assert len(sp) == len(l2) == len(client.get_metric_history(held["run_id"], "train/loss")) >= 2
+    assert all(m.value >= 0 for m in sp) and sp[0].value > 0
+    assert client.get_metric_history(plain["run_id"], "train/reg_l2_sp") == []
+    assert held["metrics"]["test/ndcg_at_10"] != plain["metrics"]["test/ndcg_at_10"]
+    df = mlflow_runs(held["tracking_uri"]).set_index("run_id")
+    assert df.loc[held["run_id"], "params.regularize.l2_sp"] == "10"
+    assert df.loc[held["run_id"], "tags.config.regularize"] != df.loc[plain["run_id"], "tags.config.regularize"]
+    with pytest.raises(ConfigError, match="transferred no trainable weight"):
+        run_pipeline(tiny_cfg(tmp_path, "strategy=scratch", "regularize.l2_sp=1", run_dir="scratch"))
+    with pytest.raises(ConfigError, match="trains nothing"):
+        run_pipeline(tiny_cfg(tmp_path, "strategy=popular", "regularize.l2=1", run_dir="popular"))
