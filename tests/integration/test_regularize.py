@@ -1,4 +1,4 @@
-"""`regularize.*` in a real run: each term logged per epoch, L2-SP keeps finetune nearer its start."""
+"""`regularize.*` and `augment=*` in a real run: each term logged per epoch; both change the run."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def test_l2_sp_is_logged_per_epoch_and_changes_the_run(tmp_path: Path):
     df = mlflow_runs(held["tracking_uri"]).set_index("run_id")
     assert df.loc[held["run_id"], "params.regularize.l2_sp"] == "10"
     assert df.loc[held["run_id"], "tags.config.regularize"] != df.loc[plain["run_id"], "tags.config.regularize"]
+    # interaction dropout: a different run of the same seed, recorded as such; reproducible
+    aug = [run_pipeline(tiny_cfg(tmp_path, "strategy=finetune", "augment=interaction_dropout", "augment.p=0.3",
+                                 run_dir=f"aug{i}")) for i in range(2)]
+    assert aug[0]["metrics"]["test/ndcg_at_10"] != plain["metrics"]["test/ndcg_at_10"]
+    assert aug[0]["metrics"] == aug[1]["metrics"]
+    df = mlflow_runs(held["tracking_uri"]).set_index("run_id")
+    assert df.loc[aug[0]["run_id"], "params.augment.name"] == "interaction_dropout"
     with pytest.raises(ConfigError, match="transferred no trainable weight"):
         run_pipeline(tiny_cfg(tmp_path, "strategy=scratch", "regularize.l2_sp=1", run_dir="scratch"))
     with pytest.raises(ConfigError, match="trains nothing"):

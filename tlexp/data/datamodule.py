@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tlexp.core.errors import ConfigError
+from tlexp.data.augment import AugmentSettings, EpochSubsetSampler
 from tlexp.data.scenario import DomainData
 
 
@@ -49,14 +51,20 @@ class EvalTrigger(Dataset):
 class RecDataModule(pl.LightningDataModule):
     """Training pairs from ``data.train``; evaluation is driven by the strategy's eval sets."""
 
-    def __init__(self, data: DomainData, batch_size: int = 1024, num_workers: int = 0):
+    def __init__(self, data: DomainData, batch_size: int = 1024, num_workers: int = 0,
+                 augment: AugmentSettings | None = None, seed: int = 0):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set = PairDataset(torch.tensor(data.train["user"].to_numpy()),
                                      torch.tensor(data.train["item"].to_numpy()))
         self.item_counts = torch.bincount(self.train_set.items, minlength=data.n_items)
+        self.augment, self.seed = augment or AugmentSettings(), int(seed)
 
     def train_dataloader(self) -> DataLoader:
+        if self.augment.active:  # interaction dropout: a fresh (1 - p) share of the pairs each epoch
+            sampler = EpochSubsetSampler(len(self.train_set), 1 - self.augment.p, self.seed)
+            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=keep_batch,
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=keep_batch,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
@@ -182,14 +190,19 @@ class SequenceDataModule(pl.LightningDataModule):
 
 
 def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int = 1024,
-                   num_workers: int = 0) -> pl.LightningDataModule:
+                   num_workers: int = 0, augment: AugmentSettings | None = None,
+                   seed: int = 0) -> pl.LightningDataModule:
     """The training data a backbone learns from: user sequences if it reads histories, else pairs.
 
     A sequential backbone may set its own ``batch_size`` (sequences per batch), since one sequence
     holds up to ``max_seq_len`` training positions.
     """
     if getattr(backbone, "needs_history", False):
+        if augment is not None and augment.active:
+            raise ConfigError(f"augment={augment.name} works on training pairs of ID models; this backbone reads "
+                              "item sequences, whose augmentations (crop, mask, reorder) are not built yet: use "
+                              "augment=none")
         bs = getattr(backbone, "batch_size", None) or batch_size
         return SequenceDataModule(data, backbone.max_seq_len, backbone.pad_token, backbone.bos_token,
                                   int(bs), num_workers)
-    return RecDataModule(data, batch_size, num_workers)
+    return RecDataModule(data, batch_size, num_workers, augment, seed)

@@ -31,6 +31,7 @@ from tlexp.models.base import Backbone, build_backbone
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
 from tlexp.tracking.run import RunLog
 from tlexp.training.pretraining import finetune_teacher, pretrain_source
+from tlexp.data.augment import AugmentSettings
 from tlexp.training.regularize import RegularizeSettings
 from tlexp.training.settings import TrainSettings
 from tlexp.training.transfer import TransferSettings
@@ -95,6 +96,14 @@ def regularize_settings(cfg: DictConfig) -> RegularizeSettings:
     return parse_settings(RegularizeSettings, OmegaConf.to_container(node, resolve=True), "regularize")
 
 
+def augment_settings(cfg: DictConfig) -> AugmentSettings:
+    """``augment.*`` as typed settings (configs logged before the group existed: none)."""
+    node = cfg.get("augment")
+    if node is None:
+        return AugmentSettings()
+    return parse_settings(AugmentSettings, OmegaConf.to_container(node, resolve=True), "augment")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Types and ranges of the values every run depends on, checked before any work: one line each."""
     for key, kind, low, where in CHECKS:
@@ -115,6 +124,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be between 0 and 1 ({where})")
     eval_settings(cfg)  # eval.ks, eval.monitor, eval.combine, eval.kshot
     regularize_settings(cfg)
+    augment_settings(cfg)
     if cfg.strategy.get("name") is None:
         raise ConfigError("strategy.name is missing (conf/strategy/<name>.yaml must set name)")
 
@@ -342,6 +352,6 @@ def assemble(cfg: DictConfig, scenario: Scenario, source_fp: dict, strategy: Str
         scenario=scenario, backbone=backbone, models=models, seed=seed, batch_size=settings.batch_size,
         num_workers=settings.num_workers, make_loss=settings.make_loss,
         build_backbone=lambda: build(strategy.backbone_spec()), log=log_to,
-        reseed=lambda offset=0: reseed(seed, offset))
+        reseed=lambda offset=0: reseed(seed, offset), augment=augment_settings(cfg))
     built = strategy.build(inputs)
     return Assembly(scenario, strategy, settings, inputs, built, backbone, timings)

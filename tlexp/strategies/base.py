@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tlexp.data.augment import AugmentSettings
 from tlexp.data.datamodule import datamodule_for
 from tlexp.data.scenario import DomainData, Scenario
 from tlexp.evaluation.plan import Candidate
@@ -97,6 +98,7 @@ class StrategyInputs:
     build_backbone: Callable[[], Backbone]    # another target backbone like ``backbone`` (ensembles)
     log: RunLog                               # params / metrics / tags of the run (no-ops outside one)
     reseed: Callable[[int], None]             # reset every RNG to the run's seed + offset
+    augment: AugmentSettings = field(default_factory=AugmentSettings)  # the target's training data
 
     @property
     def source(self) -> DomainData:
@@ -118,7 +120,8 @@ class StrategyInputs:
 
     def pairs(self, backbone: Backbone | None = None) -> pl.LightningDataModule:
         """The target's training data as ``backbone`` learns it (pairs, or user sequences)."""
-        return datamodule_for(self.target, backbone or self.backbone, self.batch_size, self.num_workers)
+        return datamodule_for(self.target, backbone or self.backbone, self.batch_size, self.num_workers,
+                              self.augment, self.seed)
 
 
 @dataclass
