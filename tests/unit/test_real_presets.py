@@ -147,6 +147,25 @@ def test_movielens_groups_partition_the_ratings(cache, tmp_path):
 
 
 @pytest.mark.realdata
+def test_ml100k_is_all_of_movielens_100k_and_splits_at_random_or_in_time(tmp_path):
+    """The single-domain benchmark as RecBole reads it; split.order=random is RecBole's RO, time its TO."""
+    need("ml100k_action")
+    from tlexp.data.scenario import split_domain
+
+    cfg = compose(["target=ml100k", f"paths.data_dir={DATA}", f"paths.output_dir={tmp_path}"])
+    dom = instantiate(cfg.target).load()
+    # SOURCE.md: 943 users, 1,682 movies, 100,000 ratings, with timestamps
+    assert (dom.interactions["user"].nunique(), len(dom.items), len(dom.interactions)) == (943, 1_682, 100_000)
+    ratio = {"protocol": "ratio", "ratios": [0.8, 0.1, 0.1], "min_user_interactions": 3, "seed": 2024}
+    timed = split_domain(dom, {**ratio, "order": "time"})
+    rand = split_domain(dom, {**ratio, "order": "random"})
+    assert timed.ordered and not rand.ordered
+    assert len(timed.train) + len(timed.valid) + len(timed.test) == 100_000
+    assert (len(rand.train), len(rand.valid), len(rand.test)) == (len(timed.train), len(timed.valid), len(timed.test))
+    assert not rand.test.equals(timed.test)
+
+
+@pytest.mark.realdata
 @pytest.mark.parametrize("pair", ["cloth_electronic", "phone_sport"])
 def test_other_disencdr_pairs(pair, tmp_path):
     x, y = pair.split("_")

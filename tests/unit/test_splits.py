@@ -109,6 +109,30 @@ def test_data_without_a_time_order_is_split_in_a_seeded_random_order():
     assert not other.test.equals(unordered.test)
 
 
+def test_split_order_random_is_recboles_random_ordering_and_time_needs_a_time_order():
+    from tlexp.data.domain import Domain
+    from tlexp.data.scenario import split_domain
+
+    items = pd.DataFrame({"item": [f"i{i:03d}" for i in range(40)], "text": "", "category": ""})
+    inter = pd.DataFrame({"user": np.repeat([f"u{u:02d}" for u in range(30)], 20),
+                          "item": [f"i{i:03d}" for u in range(30) for i in range(u, u + 20)],
+                          "timestamp": np.tile(np.arange(20), 30)})
+    ratio = {**SPLIT, "protocol": "ratio", "ratios": [0.8, 0.1, 0.1]}
+    timed = split_domain(Domain("d", inter, items), {**ratio, "order": "time"})
+    auto = split_domain(Domain("d", inter, items), ratio)
+    pd.testing.assert_frame_equal(timed.test, auto.test)  # auto = time where the data has one
+    rand = split_domain(Domain("d", inter, items), {**ratio, "order": "random"})
+    # time order: the last 10 % are each user's latest; random order: mostly not
+    latest = timed.test.groupby("user")["item"].max()
+    assert (timed.test["item"].to_numpy() >= timed.test["user"].map(latest).to_numpy() - 1).all()
+    assert not rand.test.equals(timed.test) and not rand.ordered and timed.ordered
+    assert len(rand.train) == len(timed.train) and len(rand.test) == len(timed.test)  # same 8:1:1 per user
+    with pytest.raises(DataError, match="has no time order"):
+        split_domain(Domain("d", inter, items, ordered=False), {**ratio, "order": "time"})
+    with pytest.raises(DataError, match="split.order 'sideways'"):
+        split_domain(Domain("d", inter, items), {**ratio, "order": "sideways"})
+
+
 def test_scenario_cache_hit_gives_identical_frames(scenario, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache2")
     first = build_scenario(*loaders(), SPLIT, root)

@@ -49,7 +49,7 @@ class DomainData:
     test: pd.DataFrame
     cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # history = test
     valid_cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # history = valid
-    ordered: bool = True  # False: the data had no time order; the split used a seeded random one
+    ordered: bool = True  # False: split in a seeded random order (no time order in the data, or split.order=random)
 
     @property
     def n_users(self) -> int:
@@ -166,8 +166,15 @@ def split_domain(domain: Domain, split: dict | None = None) -> DomainData:
     users, items, frame = _index_domain(domain)
     protocol = split.get("protocol", "loo")
     ordered = bool(getattr(domain, "ordered", True))
-    if not ordered and protocol != "given":
+    order = split.get("order", "auto")
+    if order not in ("auto", "time", "random"):
+        raise DataError(f"split.order '{order}' is unknown; use auto (time where the data has it), time or random")
+    if order == "time" and not ordered and protocol != "given":
+        raise DataError(f"split.order=time, but domain '{domain.name}' has no time order (no timestamps; its row "
+                        "order is not a time); use split.order=auto or random")
+    if (order == "random" or not ordered) and protocol != "given":  # RecBole's RO; unordered data always
         frame = random_order(frame, split.get("seed", 0), domain.name)
+        ordered = ordered and order != "random"
     min_n = split.get("min_user_interactions", 3)
     if protocol == "given":
         parts = given_split(frame, domain.name)
