@@ -79,7 +79,7 @@ class Scenario:
 
     @property
     def name(self) -> str:
-        return f"{self.source.name}-to-{self.target.name}"
+        return self.target.name if self.source.name == "none" else f"{self.source.name}-to-{self.target.name}"
 
     def overlap_users(self) -> np.ndarray:
         """Target indices of users who are also in the source domain."""
@@ -242,6 +242,16 @@ def _load(path: Path) -> DomainData:
     )
 
 
+def empty_domain(name: str) -> DomainData:
+    """A domain with no users, items or interactions: the source of the target-only protocol."""
+    pairs = pd.DataFrame({"user": pd.Series(dtype=np.int64), "item": pd.Series(dtype=np.int64),
+                          "timestamp": pd.Series(dtype=np.int64)})
+    return DomainData(name=name, users=np.array([], dtype=object),
+                      item_info=pd.DataFrame({"item": pd.Series(dtype=object), "text": pd.Series(dtype=object),
+                                              "category": pd.Series(dtype=object)}),
+                      train=pairs, valid=pairs.copy(), test=pairs.copy())
+
+
 def build_scenario(source: DomainLoader, target: DomainLoader, split: dict,
                    cache_dir: str | Path | None = None) -> Scenario:
     """Load, index and split both domains; cached under ``cache_dir`` by a hash of their inputs."""
@@ -253,7 +263,7 @@ def build_scenario(source: DomainLoader, target: DomainLoader, split: dict,
                        "split": split, "format": 2, "split_version": SPLIT_VERSION})
 
     def build(path: Path) -> None:
-        src = split_domain(source.load(), split)
+        src = empty_domain(source.name) if source.name == "none" else split_domain(source.load(), split)
         tgt = split_domain(target.load(), split)
         tgt = make_cold_start(tgt, src, split.get("cold_user_share", 0.2), split.get("seed", 0),
                               split.get("cold_valid_share", 0.5))

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tlexp.core.config import domain_spec
 from tlexp.core.faults import fault_point
 from tlexp.core.errors import ConfigError
+from tlexp.data.loaders.none import NO_SOURCE
 from tlexp.data.scenario import DomainData, Scenario, build_scenario
 from tlexp.evaluation.plan import EvalSettings, KShotSettings
 from tlexp.models.base import Backbone, build_backbone
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 def load_scenario(cfg: DictConfig) -> tuple[Scenario, dict]:
     """Instantiate the source/target loaders and build (or fetch) the processed scenario."""
     source, target = instantiate(cfg.source), instantiate(cfg.target)
-    scenario = build_scenario(source, target, dict(cfg.split), cfg.paths.cache_dir)
+    split = OmegaConf.to_container(cfg.split, resolve=True)  # plain lists: the scenario's meta.json is JSON
+    scenario = build_scenario(source, target, split, cfg.paths.cache_dir)
     return scenario, source.fingerprint()
 
 
@@ -61,11 +63,16 @@ def extra_source(cfg: DictConfig, scenario: Scenario, source_fp: dict, name: str
     loader = instantiate(OmegaConf.to_container(host["_extra_"], resolve=True))
     if loader.name == scenario.target.name:
         raise ConfigError(f"source domain '{name}' is the run's target; pick another source domain")
-    extra = build_scenario(loader, instantiate(cfg.target), dict(cfg.split), cfg.paths.cache_dir)
+    extra = build_scenario(loader, instantiate(cfg.target), OmegaConf.to_container(cfg.split, resolve=True),
+                           cfg.paths.cache_dir)
     return extra.source, loader.fingerprint()
 
 
 def check_scenario(strategy: Strategy, scenario: Scenario) -> None:
+    if scenario.source.name == NO_SOURCE and (strategy.uses_source or strategy.requires_overlap
+                                              or strategy.needs(scenario)):
+        raise ConfigError(f"strategy={strategy.name} transfers from a source domain, but source=none; name a source "
+                          f"(e.g. source=ecommerce) or use a strategy that needs none: popular, scratch, ease, itemknn")
     n_overlap = int(scenario.overlap_users().size)
     if strategy.requires_overlap and n_overlap == 0:
         raise ConfigError(f"strategy '{strategy.name}' needs users present in both domains, but "
@@ -133,6 +140,8 @@ def check_splits(scenario: Scenario, split: DictConfig) -> None:
     """A domain whose training, validation or test split is empty cannot be trained, selected or
     evaluated: say why, in one line (the source too: its pretraining selects on its validation split)."""
     for side, t in (("target", scenario.target), ("source", scenario.source)):
+        if side == "source" and t.name == NO_SOURCE:  # the target-only protocol
+            continue
         for part in ("train", "valid", "test"):
             if len(getattr(t, part)) == 0:
                 raise ConfigError(f"the {side} '{t.name}' has no {part} interactions with split.protocol="

@@ -64,7 +64,7 @@ def experiment_name_for(cfg: DictConfig, overrides: list[str] | None = None) -> 
 
             name = instantiate(node).name
         names.append(str(name))
-    return f"{names[0]}-to-{names[1]}"
+    return names[1] if names[0] == "none" else f"{names[0]}-to-{names[1]}"  # source=none: the target alone
 
 
 def new_sweep_id(sweep_dir: str | Path) -> str:

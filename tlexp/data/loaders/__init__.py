@@ -12,9 +12,11 @@ Each is instantiated by Hydra from ``conf/domain/<name>.yaml`` and returns the c
 
 from tlexp.data.loaders.base import FileLoader
 from tlexp.data.loaders.disencdr import DisenCDRLoader
+from tlexp.data.loaders.none import NO_SOURCE, NoSource
 from tlexp.data.loaders.recbole import MovieLensGenreLoader, RecBoleLoader
 from tlexp.data.loaders.sequences import ArtsOfficeLoader, FoodKitchenLoader, UniSRecLoader
 from tlexp.data.loaders.tabular import TabularLoader
 
-__all__ = ["ArtsOfficeLoader", "DisenCDRLoader", "FileLoader", "FoodKitchenLoader", "MovieLensGenreLoader",
+__all__ = ["NO_SOURCE", "ArtsOfficeLoader", "DisenCDRLoader", "FileLoader", "FoodKitchenLoader",
+           "MovieLensGenreLoader", "NoSource",
            "RecBoleLoader", "TabularLoader", "UniSRecLoader"]
