@@ -21,7 +21,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tlexp.core.signals import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["world.n_users=800", "source.n_items=300", "target.n_items=300", "trainer=debug", "trainer.max_epochs=3",
@@ -147,12 +148,7 @@ def check(work: Path, shots: Path | None = None, timeout_s: float = 90) -> Repor
                 page.screenshot(path=str(shots / "ui_grouped_bars.png"))
             browser.close()
     finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGTERM)
-            try:
-                ui.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(ui.pid, signal.SIGKILL)
+        stop_group(ui, timeout=15)  # tlexp ui forwards the signal to its server's group
     return report
 
 

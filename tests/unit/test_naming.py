@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tlexp.pipeline.sweep import swept_keys
 from tlexp.tracking.naming import naming_overrides, run_name, source_tags
-from tlexp.tracking.sweep import experiment_name_for
+from tlexp.tracking.sweep import experiment_name_for, swept_keys
 
 
 def test_names_keep_what_distinguishes_runs_and_drop_where_files_go():

@@ -109,14 +109,9 @@ def _ui(argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the server goes with us
         return 0
     finally:
-        if child.poll() is None:
-            import signal
+        from tlexp.core.signals import stop_group
 
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+        stop_group(child, timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

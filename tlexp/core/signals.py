@@ -44,3 +44,21 @@ def install() -> None:
 def last_interrupt() -> Interrupted:
     """The interrupt behind a stop Lightning reported in its own way (Ctrl-C unless SIGTERM came)."""
     return Interrupted(_LAST[-1] if _LAST else signal.SIGINT)
+
+
+def stop_group(proc, timeout: float = 10.0) -> None:
+    """End a child started with ``start_new_session=True`` (an MLflow server and its workers): SIGTERM
+    to its whole process group, SIGKILL if it is still there after ``timeout`` seconds."""
+    import os
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:  # gone between poll and kill
+        pass

@@ -95,6 +95,10 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     target = scenario.target
     check_splits(scenario, cfg.split)
     check_scenario(strategy, scenario)
+    reg = regularize_settings(cfg)
+    if reg.active and not strategy.trains:  # before any run is recorded
+        raise ConfigError(f"regularize.* adds terms to a training loss, but strategy={strategy.name} trains "
+                          "nothing; drop the regularize overrides or pick a trained strategy")
     cache = "hit" if scenario.cache_hit else "miss"
     stage("data", f"{scenario.source.name} → {target.name}: {target.n_users} users, {target.n_items} items, "
                   f"{len(target.train)} training interactions (scenario cache {cache})")
@@ -134,15 +138,11 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
 
         # fit
         best_path, last_step = "", 0
-        if regularize_settings(cfg).active and not (strategy.trains and built.objective is not None):
-            raise ConfigError(f"regularize.* adds terms to a training loss, but strategy={strategy.name} trains "
-                              "nothing; drop the regularize overrides or pick a trained strategy")
         if strategy.trains and built.objective is not None:
             verb = "transfer" if asm.inputs.models else "train"
             stage(verb, f"{strategy.name} · {backbone_label} on {target.name} (up to {asm.settings.max_epochs} epochs, "
                         f"selecting on {plan.monitor})")
             t0 = time.time()
-            reg = regularize_settings(cfg)
             # L2-SP's starting point: the transferred weights as they are now, before any target step
             regularizer = Regularizer(reg, model, built.lr_scales) if reg.active else None
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),

@@ -16,7 +16,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tlexp.tracking.sweep import SweepInfo, end_parent_run, read_sweep_file, start_parent_run
+from tlexp.tracking.sweep import (
+    DATA_NODES,
+    SweepInfo,
+    end_parent_run,
+    read_sweep_file,
+    start_parent_run,
+    swept_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +64,6 @@ class MlflowSweepCallback(Callback):
               f"'{info.experiment_name}'  (compare: tlexp compare --sweep {info.sweep_id})")
 
 
-def swept_keys(overrides: list[str]) -> list[str]:
-    """The keys a sweep varies (``optimizer.lr=1e-3,3e-3`` -> ``optimizer.lr``), seed left out."""
-    keys = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        key = key.lstrip("+~")
-        if key != "seed" and ("," in value or value.startswith(("range(", "choice(", "interval(", "glob("))):
-            keys.append(key)
-    return keys
-
-
 def attach_report(info: SweepInfo) -> None:
     """The sweep's compare table (markdown + CSV) and bar chart, one per scenario, as artifacts of its
     parent run (``compare/``): what the sweep found, next to the runs it found it with.
@@ -88,8 +84,7 @@ def attach_report(info: SweepInfo) -> None:
     client = MlflowClient(tracking_uri=info.tracking_uri)
     try:
         overrides = client.get_run(info.parent_run_id).data.tags.get("sweep.overrides", "").split()
-        data_keys = ("data", "source", "target", "world", "split")
-        by = ["strategy", *[k for k in swept_keys(overrides) if k.split(".")[0] not in data_keys
+        by = ["strategy", *[k for k in swept_keys(overrides) if k.split(".")[0] not in DATA_NODES
                             and k not in ("strategy", "hparams_search")]]
         df = load_runs(info.tracking_uri, sweep=info.sweep_id)
         scenario = [c for c in ("tags.source", "tags.target", "tags.scenario_key") if c in df.columns]

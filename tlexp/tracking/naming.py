@@ -13,9 +13,11 @@ import shlex
 import sys
 from pathlib import Path
 
-# override keys (before '=') that never name a run: where files go, how it is shown, what it is
-NOT_IN_NAME = ("strategy", "seed", "run_name", "resume", "hydra", "paths", "logger", "trainer.enable_progress_bar",
-               "trainer.enable_model_summary", "trainer.log_every_n_steps", "num_workers", "eval.batch_size")
+from tlexp.tracking.run import VOLATILE_LEAVES, VOLATILE_NODES
+
+# override keys (before '=') that never name a run: the strategy and seed (named anyway), and what the
+# config tags also leave out because it does not change the numbers (where files go, how it is shown)
+NOT_IN_NAME = ("strategy", "hydra", *VOLATILE_NODES, *VOLATILE_LEAVES)
 MAX_NAME = 200
 
 

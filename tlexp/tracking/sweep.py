@@ -42,7 +42,18 @@ class SweepInfo:
     job_num: int | None = None
 
 
-DATA_NODES = ("data", "source", "target", "world", "split")
+DATA_NODES = ("data", "source", "target", "world", "split")  # overrides that change the scenario
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (``optimizer.lr=1e-3,3e-3`` -> ``optimizer.lr``), seed left out."""
+    keys = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key != "seed" and ("," in value or value.startswith(("range(", "choice(", "interval(", "glob("))):
+            keys.append(key)
+    return keys
 
 
 def experiment_name_for(cfg: DictConfig, overrides: list[str] | None = None) -> str:
@@ -52,8 +63,8 @@ def experiment_name_for(cfg: DictConfig, overrides: list[str] | None = None) -> 
     '<source>-to-<target>'."""
     if cfg.logger.get("experiment_name"):
         return str(cfg.logger.experiment_name)
-    swept = [o for o in overrides or [] if o.partition("=")[0].lstrip("+~").split(".")[0] in DATA_NODES
-             and ("," in o.partition("=")[2] or "(" in o.partition("=")[2])]
+    data_keys = [k for k in swept_keys(overrides or []) if k.split(".")[0] in DATA_NODES]
+    swept = [o for o in overrides or [] if o.partition("=")[0].lstrip("+~") in data_keys]
     if swept:
         return "sweep " + " ".join(swept)
     names = []
