@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 log = logging.getLogger("tlexp")
@@ -41,6 +42,11 @@ NOISY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightnin
 def quiet_third_party() -> None:
     """Drop the known third-party warnings and INFO chatter; idempotent (DDP workers call it too)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded config file
+    # transformers 5 draws a "Loading weights" bar per from_pretrained (and peft calls it too); tlexp's
+    # own stage line says which encoder loaded. Read at call time, so setting it here is enough.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     for pattern, _why in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in NOISY_LOGGERS:
