@@ -157,6 +157,20 @@ def test_text_seq_lora_quantises_encoder_and_transformer(outputs: Path, tiny_enc
             scorer(torch.tensor([250]))
 
 
+def test_a_recommender_that_scores_its_own_way_keeps_its_scores(outputs: Path):
+    """item-item (like fusion's ensemble) has no user x item matrix: int8 Linear layers only (none here)."""
+    from tlexp.serving.quantize import describe, export_scorer, quantize_recommender
+
+    model = assembled(tiny_cfg(outputs, "strategy=itemknn")).built.model.eval()
+    q = quantize_recommender(model)
+    assert q is not model and "scores its own way: its item side stays fp32" in describe(q)
+    users = torch.arange(50)
+    with torch.no_grad():
+        assert torch.equal(q.score_fn()(users), model.score_fn()(users))
+    with pytest.raises(ConfigError, match="has no int8 scorer to export"):
+        export_scorer(q, outputs / "x.pt")
+
+
 def test_modes_are_checked():
     from tlexp.serving.quantize import check_mode
 
