@@ -13,10 +13,10 @@ def _parse(argv: list[str]) -> dict[str, str]:
     args: dict[str, str] = {}
     for a in argv:
         key, eq, value = a.lstrip("-").partition("=")
-        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs", "history"}:
+        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs", "history", "quantize", "export"}:
             raise ConfigError(f"tlexp recommend: unexpected argument '{a}'; arguments are key=value:\n{USAGE}")
         args[key] = value
-    missing = [k for k in ("run", "users") if not args.get(k)]
+    missing = [k for k in ("run", "users") if not args.get(k) and not (k == "users" and args.get("export"))]
     if missing:
         raise ConfigError(f"tlexp recommend needs {' and '.join(f'{m}=' for m in missing)}\n{USAGE}")
     return args
@@ -49,7 +49,19 @@ def main(argv: list[str]) -> int:
 
         outputs = args.get("outputs") or os.environ.get("TLEXP_OUTPUTS", "outputs")
         uri = resolve_tracking_uri(None, outputs, create=False)
-        loaded = load_run(args["run"], uri, outputs)
+        from tlexp.serving.quantize import check_mode, describe, export_scorer, quantize_run
+
+        mode = check_mode(args.get("quantize", "int8" if args.get("export") else "none"))
+        if args.get("export") and mode != "int8":
+            raise ConfigError("export= writes the int8 scorer; use quantize=int8 with it (or leave quantize out)")
+        loaded = quantize_run(load_run(args["run"], uri, outputs), mode)
+        if args.get("export"):
+            path = export_scorer(loaded.model, args["export"])
+            console.print(f"wrote the int8 scorer of {loaded.scenario.target.n_users} users x "
+                          f"{loaded.scenario.target.n_items} items to {path} ({describe(loaded.model)})",
+                          highlight=False)
+            if not args.get("users"):
+                return 0
         users = parse_users(args["users"])
         recs = recommend(loaded, users, k, args.get("exclude", "history"))
         try:
@@ -69,7 +81,8 @@ def main(argv: list[str]) -> int:
             past.add_row(*(escape(str(v)) for v in (r.user, r.item, r.title, r.category, r.split)))
         console.print(past)
     table = Table(title=f"top-{k} for {recs['user'].nunique()} user(s) · run {loaded.run_id} · "
-                        f"{loaded.cfg.strategy.name} · {loaded.scenario.source.name} → {loaded.scenario.target.name}",
+                        f"{loaded.cfg.strategy.name} · {loaded.scenario.source.name} → {loaded.scenario.target.name}"
+                        f"{'' if mode == 'none' else ' · ' + describe(loaded.model)}",
                   title_justify="left")
     for c, j in (("user", "left"), ("rank", "right"), ("item", "left"), ("title", "left"), ("category", "left"),
                  ("score", "right"), ("hit", "center")):

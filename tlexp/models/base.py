@@ -36,6 +36,12 @@ class Backbone(nn.Module):
         """(B, N) scores of every user against every item."""
         return users @ items.T
 
+    def score_factors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, v)`` with ``score(users, items) == u @ v.T``: the score as a plain product, so a server
+        can precompute (and compress) the item side once (tlexp/serving/quantize.py). A backbone that
+        overrides :meth:`score` overrides this too, or its score is not factorised."""
+        return users, items
+
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(B,) or (B, M) scores of aligned user/item representations."""
         if items.dim() == users.dim() + 1:

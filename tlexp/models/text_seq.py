@@ -58,6 +58,9 @@ class TextSeq(SequentialBackbone):
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.temperature
 
+    def score_factors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(users, dim=-1) / self.temperature, F.normalize(items, dim=-1)
+
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return super().score_pairs(F.normalize(users, dim=-1), F.normalize(items, dim=-1)) / self.temperature
 

@@ -28,7 +28,7 @@ from tlexp.core.errors import ConfigError
 
 USAGE = """\
 usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [exclude=history|all]
-                       [history=N] [outputs=DIR]
+                       [history=N] [quantize=none|int8] [export=scorer.pt] [outputs=DIR]
 
   run      id of a finished run (tlexp compare / tlexp ui list them)
   users    comma-separated user ids (e.g. u12,u40), or a file: one id per line, or a CSV with a
@@ -39,6 +39,10 @@ usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [e
            (also the held-out test items)
   history  also show each user's last N known items (train+valid), e.g. history=5
   The 'hit' column marks recommended items that are among the user's held-out test items.
+  quantize none (default: the run's fp32 model) or int8: post-training dynamic int8 towers, text
+           encoder and item matrix (tlexp/serving/quantize.py, docs/serving.md)
+  export   write the int8 scorer of all the run's users to this file (tensors only; read it back with
+           tlexp.serving.quantize.load_scorer); users= is then optional
   outputs  tlexp's outputs folder holding the embedded store (default $TLEXP_OUTPUTS or outputs;
            MLFLOW_TRACKING_URI wins)
 """

@@ -160,6 +160,9 @@ class FusedBackbone(Backbone):
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.base.score(users, items)
 
+    def score_factors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.score_factors(users, items)
+
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.base.score_pairs(users, items)
 
