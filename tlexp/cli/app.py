@@ -26,10 +26,12 @@ commands:
                     --sweep ID|latest, --metric, --by, --pool, --csv, --markdown, --plot out.png)
   recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv]
                     top-K unseen items (with titles) per user from a finished run's model
+  explain run=<run_id> users=<ids> [items=<ids>] [k=5] [top=3] [quantize=int8]
+                    which history items (source and target domain) each recommendation's score comes from
   runs [--reap]     the logged runs, newest first (run ids for recommend and resume=)
 """
 
-SUBCOMMANDS = ("run", "data", "ui", "compare", "recommend", "runs")
+SUBCOMMANDS = ("run", "data", "ui", "compare", "recommend", "explain", "runs")
 
 
 def _is_run_argument(arg: str) -> bool:
@@ -147,6 +149,10 @@ def _dispatch(argv: list[str]) -> int:
         from tlexp.cli.recommend import main as recommend_main
 
         return recommend_main(rest)
+    if cmd == "explain":
+        from tlexp.cli.explain import main as explain_main
+
+        return explain_main(rest)
     if cmd == "data":
         from tlexp.cli.data import main as data_main
 

@@ -12,14 +12,29 @@ from tlexp.serving.recommend import USAGE, load_run, parse_users, recommend, use
 def _parse(argv: list[str]) -> dict[str, str]:
     args: dict[str, str] = {}
     for a in argv:
+        if a.lstrip("-") == "explain":  # a flag: --explain
+            a = "explain=true"
         key, eq, value = a.lstrip("-").partition("=")
-        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs", "history", "quantize", "export"}:
+        if not eq or key not in {"run", "users", "k", "out", "exclude", "outputs", "history", "quantize", "export",
+                                 "explain"}:
             raise ConfigError(f"tlexp recommend: unexpected argument '{a}'; arguments are key=value:\n{USAGE}")
         args[key] = value
     missing = [k for k in ("run", "users") if not args.get(k) and not (k == "users" and args.get("export"))]
     if missing:
         raise ConfigError(f"tlexp recommend needs {' and '.join(f'{m}=' for m in missing)}\n{USAGE}")
     return args
+
+
+def with_reasons(loaded, recs, users: list[str], k: int, exclude: str):
+    """``recs`` with a ``because`` column: each item's biggest history part (tlexp explain, top=1)."""
+    from tlexp.serving.explain import explain
+
+    why = explain(loaded, users, k=k, top=1, exclude=exclude)
+    why = why[why["history_item"] != "(rest)"].drop_duplicates(["user", "rank"])
+    text = {(r.user, r.rank): f"{r.history_title or r.history_item} ({r.domain}, {100 * r.share:+.0f} %)"
+            for r in why.itertuples(index=False)}
+    return recs.assign(because=[text.get((u, r), "(no history: all from the user vector)")
+                                for u, r in zip(recs["user"], recs["rank"], strict=True)])
 
 
 def main(argv: list[str]) -> int:
@@ -64,6 +79,8 @@ def main(argv: list[str]) -> int:
                 return 0
         users = parse_users(args["users"])
         recs = recommend(loaded, users, k, args.get("exclude", "history"))
+        if args.get("explain", "false").lower() in ("true", "1", "yes"):
+            recs = with_reasons(loaded, recs, users, k, args.get("exclude", "history"))
         try:
             n_history = int(args.get("history", "0"))
         except ValueError:
@@ -84,14 +101,16 @@ def main(argv: list[str]) -> int:
                         f"{loaded.cfg.strategy.name} · {loaded.scenario.source.name} → {loaded.scenario.target.name}"
                         f"{'' if mode == 'none' else ' · ' + describe(loaded.model)}",
                   title_justify="left")
+    because = "because" in recs.columns
     for c, j in (("user", "left"), ("rank", "right"), ("item", "left"), ("title", "left"), ("category", "left"),
-                 ("score", "right"), ("hit", "center")):
+                 ("score", "right"), ("hit", "center")) + ((("because (history item, domain, share)", "left"),)
+                                                          if because else ()):
         table.add_column(c, justify=j)
     last = recs.groupby("user")["rank"].transform("max").to_numpy()
     for r, end in zip(recs.itertuples(index=False), last, strict=True):
         table.add_row(escape(str(r.user)) if r.rank == 1 else "", str(r.rank), escape(str(r.item)),
                       escape(str(r.title)), escape(str(r.category)), f"{r.score:.4f}", "✓" if r.hit else "",
-                      end_section=bool(r.rank == end))
+                      *((escape(str(r.because)),) if because else ()), end_section=bool(r.rank == end))
     console.print(table)
     hits = int(recs["hit"].sum())
     console.print(f"{hits} of {len(recs)} recommended items are among the users' held-out test items (hit ✓)",

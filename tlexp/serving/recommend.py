@@ -28,7 +28,7 @@ from tlexp.core.errors import ConfigError
 
 USAGE = """\
 usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [exclude=history|all]
-                       [history=N] [quantize=none|int8] [export=scorer.pt] [outputs=DIR]
+                       [history=N] [quantize=none|int8] [export=scorer.pt] [--explain] [outputs=DIR]
 
   run      id of a finished run (tlexp compare / tlexp ui list them)
   users    comma-separated user ids (e.g. u12,u40), or a file: one id per line, or a CSV with a
@@ -43,6 +43,8 @@ usage: tlexp recommend run=<run_id> users=<ids or file> [k=10] [out=recs.csv] [e
            encoder and item matrix (tlexp/serving/quantize.py, docs/serving.md)
   export   write the int8 scorer of all the run's users to this file (tensors only; read it back with
            tlexp.serving.quantize.load_scorer); users= is then optional
+  --explain  add a 'because' column: the history item (source or target domain) with the biggest
+           part of each item's score, and its share (tlexp explain shows all of them)
   outputs  tlexp's outputs folder holding the embedded store (default $TLEXP_OUTPUTS or outputs;
            MLFLOW_TRACKING_URI wins)
 """
@@ -56,6 +58,7 @@ class LoadedRun:
     cfg: Any
     scenario: Any
     model: Any  # a tlexp.models.recommender.Recommender, in eval mode
+    source_model: Any = None  # the source model the run transferred from (strategies.base.Trained), if any
 
 
 def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) -> LoadedRun:
@@ -128,7 +131,10 @@ def load_run(run_id: str, tracking_uri: str, outputs: str | Path | None = None) 
         plan = EvaluationPlan(scenario.target, eval_settings(cfg), strategy.kshot_shots())
         with torch.no_grad():
             plan.select(model, strategy.candidates(asm.built))
-    return LoadedRun(run_id, cfg, scenario, model)
+    source = asm.inputs.models.get("source")
+    if source is not None and source.domain.name != scenario.source.name:
+        source = None  # pretrained on another domain: its items are not the user's source history
+    return LoadedRun(run_id, cfg, scenario, model, source)
 
 
 def parse_users(spec: str) -> list[str]:
