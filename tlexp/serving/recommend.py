@@ -170,8 +170,9 @@ def recommend(loaded: LoadedRun, users: list[str], k: int = 10, exclude: str = "
     if k < 1 or k > target.n_items:
         raise ConfigError(f"k={k} is out of range; the target domain has {target.n_items} items")
     parts = [target.train, target.valid] + ([target.test] if exclude == "all" else [])
-    seen = pd.concat(parts)
-    seen = seen[seen["user"].isin(idx)].groupby("user")["item"].apply(lambda s: np.unique(s.to_numpy()))
+    # only these users' rows: a single-user request must not copy the whole interaction table
+    seen = pd.concat([df[df["user"].isin(idx)] for df in parts])
+    seen = seen.groupby("user")["item"].apply(lambda s: np.unique(s.to_numpy()))
     model = loaded.model
     rows = []
     bs = int(loaded.cfg.eval.batch_size)
