@@ -10,6 +10,15 @@ have partial user overlap — the setting cross-domain transfer is about.
 
 Everything is a pure function of the world seed and the domain's spec: the same config gives
 the same data on any machine.
+
+Two generators draw the choices. ``dense`` (the default world's, kept bit-identical) scores every
+user against every item: users x items memory, fine up to a few thousand of each. ``sampled`` is
+O(interactions): each user draws a candidate pool from the popularity part of the softmax (the
+proposal), and the Gumbel top-k runs over the pool with the taste part plus log(multiplicity) — a
+sampling-importance-resampling estimate of the same softmax without replacement, exact as the pool
+grows. ``world.generator=auto`` picks ``dense`` while users x items stays under 50 million cells
+(the default world: 9 million) and ``sampled`` beyond, so a 1M-user, 100k-item world builds in a
+few GB instead of terabytes.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ class WorldSpec:
     n_users: int = 6000
     dim: int = 16
     seed: int = 2024
+    generator: str = "auto"   # auto | dense | sampled (see the module docstring)
+    pool: int = 32            # sampled: candidates per interaction drawn from the proposal
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,61 @@ def topic_prototypes(world: WorldSpec) -> np.ndarray:
     return p / np.linalg.norm(p, axis=1, keepdims=True)
 
 
+DENSE_LIMIT = 50_000_000  # users x items cells for generator=auto to stay dense
+
+
+def resolved_generator(spec: DomainSpec) -> str:
+    g = spec.world.generator
+    if g not in ("auto", "dense", "sampled"):
+        from tlexp.core.errors import ConfigError
+
+        raise ConfigError(f"world.generator={g!r} is unknown; use auto, dense or sampled (conf/world/synthetic.yaml)")
+    if g == "auto":
+        return "dense" if spec.world.n_users * spec.n_items <= DENSE_LIMIT else "sampled"
+    return g
+
+
+def sampled_choices(rng: np.random.Generator, t: np.ndarray, v: np.ndarray, log_pop: np.ndarray,
+                    counts: np.ndarray, sharpness: float, popularity: float, pool: int,
+                    cells: int = 1_000_000) -> list[np.ndarray]:
+    """Each user's ``counts[k]`` distinct items, by softmax over sharpness * t.v + popularity * log_pop
+    without replacement, in O(interactions * pool) time and O(chunk * pool) memory.
+
+    Candidates come from the popularity proposal q ~ exp(popularity * log_pop) (inverse-CDF draws);
+    an item drawn m times gets key log m + sharpness * t.v + Gumbel, and the top keys are the choices.
+    Users go in chunks of about ``cells`` candidates. The pool size trades fidelity for time: the
+    share of a user's items in their favourite category, 0.381 exact, is 0.339 / 0.374 / 0.380 with
+    pool 8 / 32 / 128 (3,000 users x 600 items).
+    """
+    chunk = max(64, cells // int(max(pool * counts.max(initial=1), 32)))
+    q = np.exp(popularity * (log_pop - log_pop.max()))
+    cdf = np.cumsum(q)
+    cdf /= cdf[-1]
+    out: list[np.ndarray] = []
+    for lo in range(0, t.shape[0], chunk):
+        tc, cc = t[lo: lo + chunk], counts[lo: lo + chunk]
+        width = int(max(pool * cc.max(), 32))
+        cand = np.minimum(np.searchsorted(cdf, rng.random((tc.shape[0], width))), v.shape[0] - 1)
+        cand.sort(axis=1)
+        first = np.ones_like(cand, dtype=bool)
+        first[:, 1:] = cand[:, 1:] != cand[:, :-1]
+        # multiplicity of each distinct candidate: run lengths of the sorted rows
+        idx = np.arange(width)[None, :].repeat(tc.shape[0], 0)
+        starts = np.where(first, idx, 0)
+        np.maximum.accumulate(starts, axis=1, out=starts)
+        ends = np.where(np.roll(first, -1, axis=1) | (idx == width - 1), idx, width)
+        mult = np.zeros_like(cand, dtype=np.float64)
+        last = ends < width
+        mult[last] = (ends - starts + 1)[last]
+        taste = sharpness * np.einsum("bd,bkd->bk", tc, v[cand])
+        key = np.where(last, np.log(np.maximum(mult, 1)) + taste - np.log(-np.log(rng.random(cand.shape))), -np.inf)
+        order = np.argsort(-key, axis=1)
+        for b in range(tc.shape[0]):
+            n = min(int(cc[b]), int(last[b].sum()))
+            out.append(cand[b, order[b, :n]])
+    return out
+
+
 def generate_domain(spec: DomainSpec) -> Domain:
     """Generate one domain of the world described by ``spec.world``."""
     world = spec.world
@@ -113,21 +179,27 @@ def generate_domain(spec: DomainSpec) -> Domain:
     t = np.sqrt(1.0 - s * s) * taste[present] + s * noise
     t /= np.linalg.norm(t, axis=1, keepdims=True)
 
-    # Softmax choice without replacement via the Gumbel top-k trick (vectorised over users).
-    logits = spec.sharpness * (t @ v.T)
-    logits += spec.popularity * log_pop[None, :]
-    gumbel = -np.log(-np.log(rng.random(logits.shape)))
-    counts = np.maximum(spec.min_interactions,
-                        rng.poisson(spec.mean_interactions - spec.min_interactions, present.size)
-                        + spec.min_interactions)
-    counts = np.minimum(counts, spec.n_items)
-    order = np.argsort(-(logits + gumbel), axis=1)
-    rows_u, rows_i = [], []
-    for k, u in enumerate(present):
-        rows_u.append(np.full(counts[k], u))
-        rows_i.append(order[k, : counts[k]])
-    users = np.concatenate(rows_u)
-    items = np.concatenate(rows_i)
+    if resolved_generator(spec) == "dense":
+        # Softmax choice without replacement via the Gumbel top-k trick (vectorised over users).
+        logits = spec.sharpness * (t @ v.T)
+        logits += spec.popularity * log_pop[None, :]
+        gumbel = -np.log(-np.log(rng.random(logits.shape)))
+        counts = np.maximum(spec.min_interactions,
+                            rng.poisson(spec.mean_interactions - spec.min_interactions, present.size)
+                            + spec.min_interactions)
+        counts = np.minimum(counts, spec.n_items)
+        order = np.argsort(-(logits + gumbel), axis=1)
+        del logits, gumbel
+        chosen = [order[k, : counts[k]] for k in range(present.size)]
+    else:
+        counts = np.maximum(spec.min_interactions,
+                            rng.poisson(spec.mean_interactions - spec.min_interactions, present.size)
+                            + spec.min_interactions)
+        counts = np.minimum(counts, spec.n_items)
+        chosen = sampled_choices(rng, t, v, log_pop, counts, spec.sharpness, spec.popularity, spec.world.pool)
+        counts = np.array([c.size for c in chosen], dtype=np.int64)
+    users = np.repeat(present, counts)
+    items = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
     # Timestamps: each user's choices in a random order, spaced by random gaps from a random start.
     gaps = rng.integers(60, 86_400, users.size)
     start = rng.integers(1_600_000_000, 1_650_000_000, world.n_users)
@@ -140,8 +212,8 @@ def generate_domain(spec: DomainSpec) -> Domain:
         pos += n
 
     interactions = pd.DataFrame({
-        "user": pd.Series(users).map(lambda x: f"u{x}").astype(str),
-        "item": pd.Series(items).map(lambda x: f"{spec.name}_i{x}").astype(str),
+        "user": ("u" + pd.Series(users).astype(str)).astype(str),
+        "item": (f"{spec.name}_i" + pd.Series(items).astype(str)).astype(str),
         "timestamp": ts,
     })
     titles = []
@@ -176,4 +248,9 @@ class SyntheticDomainLoader:
     def fingerprint(self) -> dict:
         d = asdict(self.spec)
         d["kind"] = "synthetic-v1"
+        if resolved_generator(self.spec) == "dense":  # the data of every dense world is unchanged: same keys
+            d["world"].pop("generator", None)
+            d["world"].pop("pool", None)
+        else:
+            d["world"]["generator"] = "sampled"
         return d
