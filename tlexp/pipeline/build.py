@@ -124,8 +124,8 @@ def check_privacy(cfg: DictConfig, strategy: Strategy) -> PrivacySettings:
         return privacy
     kind = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
     if kind not in PRIVATE_STRATEGIES:
-        raise ConfigError(f"privacy.dp=true is verified for strategy=finetune and strategy=scratch only (the target fit "
-                          f"is what is private); strategy={strategy.name} is not supported: pick one of those")
+        raise ConfigError(f"privacy.dp=true is verified for strategy=finetune and strategy=scratch only (the target "
+                          f"fit is what is private); strategy={strategy.name} is not supported: pick one of those")
     spec = strategy.backbone_spec() or cfg.backbone
     target = str((spec or {}).get("_target_", ""))
     if target not in PRIVATE_BACKBONES:
@@ -139,7 +139,8 @@ def check_privacy(cfg: DictConfig, strategy: Strategy) -> PrivacySettings:
                                           "overrides"),
         (augment_settings(cfg).active, "augment=* subsamples the data on top of the Poisson sampling the accountant "
                                        "assumes; use augment=none"),
-        (bool(cfg.get("scheduler")), "learning-rate schedulers are not stepped by the private loop; use scheduler=none"),
+        (bool(cfg.get("scheduler")), "learning-rate schedulers are not stepped by the private loop; "
+                                     "use scheduler=none"),
         (cfg.trainer.get("gradient_clip_val") is not None, "trainer.gradient_clip_val clips the batch gradient, "
                                                            "privacy.max_grad_norm clips each example's; drop "
                                                            "trainer.gradient_clip_val"),

@@ -211,7 +211,7 @@ class PrivateData(pl.LightningDataModule):
         super().__init__()
         if not isinstance(inner, RecDataModule):
             raise ConfigError("privacy.dp=true trains on (user, item) pairs; this strategy's training data is "
-                              f"{type(inner).__name__}: use strategy=finetune or strategy=scratch with backbone=two_tower")
+                              f"{type(inner).__name__}: use strategy=finetune or strategy=scratch, backbone=two_tower")
         self.inner, self.privacy, self.seed = inner, privacy, int(seed)
         self.item_counts = inner.item_counts
 
