@@ -10,7 +10,7 @@ from helpers import mlflow_runs, tiny_cfg
 
 from tlexp.core.errors import ConfigError
 
-QUICK = ("trainer.max_epochs=2", "pretrain.max_epochs=1", "logger.predictions_sample=0")
+QUICK = ("trainer.max_epochs=2", "pretrain.max_epochs=1", "logger.predictions_sample=0", "backbone.dim=16")
 
 
 def test_a_private_finetune_logs_the_epsilon_it_spent(tmp_path: Path):
