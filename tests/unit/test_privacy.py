@@ -93,9 +93,10 @@ def test_noise_has_the_configured_scale_and_an_empty_poisson_batch_still_steps()
     assert dp.steps == 1 and 0 < dp.epsilon() < float("inf")
 
 
-def test_target_epsilon_is_what_the_planned_steps_spend():
-    dp = PrivateTraining(PrivacySettings(dp=True, target_epsilon=2.0, delta=1e-5), n_examples=5000, batch_size=250,
-                         max_epochs=4)
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_target_epsilon_is_what_the_planned_steps_spend(accountant):
+    dp = PrivateTraining(PrivacySettings(dp=True, target_epsilon=2.0, delta=1e-5, accountant=accountant),
+                         n_examples=5000, batch_size=250, max_epochs=4)
     assert dp.planned_steps == 80 and dp.sample_rate == pytest.approx(0.05)
     for _ in range(dp.planned_steps):
         dp.accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate)

@@ -22,6 +22,7 @@ per-example gradient and are refused (:func:`loss_problem`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,9 +143,13 @@ class PrivateTraining:
         self.planned_steps = self.steps_per_epoch * int(max_epochs)
         self._orders = {"alphas": RDP_ALPHAS} if settings.accountant == "rdp" else {}
         if settings.target_epsilon is not None:
-            self.noise_multiplier = float(get_noise_multiplier(
-                target_epsilon=settings.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
-                steps=self.planned_steps, accountant=settings.accountant, **self._orders))
+            # the search probes noise far above the answer, where the largest Rényi order is optimal and Opacus
+            # warns so; what matters is the final ε, computed (with the warning, if any) by epsilon()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+                self.noise_multiplier = float(get_noise_multiplier(
+                    target_epsilon=settings.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
+                    steps=self.planned_steps, accountant=settings.accountant, **self._orders))
         else:
             self.noise_multiplier = settings.noise_multiplier
         self.accountant = create_accountant(settings.accountant)
