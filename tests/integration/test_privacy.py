@@ -25,6 +25,7 @@ def test_a_private_finetune_logs_the_epsilon_it_spent(tmp_path: Path):
     run = client.get_run(out["run_id"])
     m = run.data.metrics
     assert math.isfinite(m["privacy/epsilon"]) and 3.8 < m["privacy/epsilon"] <= 4.0 + 0.01
+    assert m["privacy/epsilon_planned"] == pytest.approx(m["privacy/epsilon"], rel=1e-6)  # every planned step taken
     assert m["privacy/max_grad_norm"] == 0.5 and m["privacy/noise_multiplier"] > 0 and m["privacy/steps"] > 0
     n_train = int(run.data.params["data.target_train"])
     assert m["privacy/delta"] == pytest.approx(0.1 / n_train)

@@ -101,7 +101,7 @@ def test_target_epsilon_is_what_the_planned_steps_spend(accountant):
     for _ in range(dp.planned_steps):
         dp.accountant.step(noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate)
     dp.steps = dp.planned_steps
-    assert dp.epsilon() == pytest.approx(2.0, abs=0.02)
+    assert dp.epsilon() == pytest.approx(2.0, abs=0.02) and dp.planned_epsilon == pytest.approx(dp.epsilon(), rel=1e-6)
     assert PrivateTraining(PrivacySettings(dp=True), n_examples=5000, batch_size=250, max_epochs=1).delta == 2e-5
 
 

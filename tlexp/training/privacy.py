@@ -152,6 +152,11 @@ class PrivateTraining:
                     steps=self.planned_steps, accountant=settings.accountant, **self._orders))
         else:
             self.noise_multiplier = settings.noise_multiplier
+        # ε after every planned step: the guarantee when early stopping ends the run sooner, since when to stop
+        # depended on the (private) model — the ε of the steps taken alone holds for a fixed number of steps
+        planned = create_accountant(settings.accountant)
+        planned.history = [(self.noise_multiplier, self.sample_rate, self.planned_steps)]
+        self.planned_epsilon = float(planned.get_epsilon(delta=self.delta, **self._orders))
         self.accountant = create_accountant(settings.accountant)
         self.steps = 0
 
@@ -204,7 +209,8 @@ class PrivateTraining:
         return float(self.accountant.get_epsilon(delta=self.delta, **self._orders)) if self.steps else 0.0
 
     def metrics(self) -> dict[str, float]:
-        return {"privacy/epsilon": self.epsilon(), "privacy/delta": self.delta,
+        return {"privacy/epsilon": self.epsilon(), "privacy/epsilon_planned": self.planned_epsilon,
+                "privacy/delta": self.delta,
                 "privacy/noise_multiplier": self.noise_multiplier, "privacy/max_grad_norm": self.settings.max_grad_norm,
                 "privacy/sample_rate": self.sample_rate, "privacy/steps": float(self.steps)}
 
