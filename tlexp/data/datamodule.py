@@ -29,7 +29,7 @@ class PairDataset(Dataset):
         return {"user": self.users[i], "item": self.items[i]}
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        t = torch.as_tensor(idx)
+        t = torch.as_tensor(idx, dtype=torch.long)  # long even when empty (a Poisson batch can be)
         return {"user": self.users[t], "item": self.items[t]}
 
 

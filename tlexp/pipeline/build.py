@@ -33,6 +33,7 @@ from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyIn
 from tlexp.tracking.run import RunLog
 from tlexp.training.pretraining import finetune_teacher, pretrain_source
 from tlexp.data.augment import AugmentSettings
+from tlexp.training.privacy import PrivacySettings, loss_problem
 from tlexp.training.regularize import RegularizeSettings
 from tlexp.training.settings import TrainSettings
 from tlexp.training.transfer import TransferSettings
@@ -103,6 +104,60 @@ def regularize_settings(cfg: DictConfig) -> RegularizeSettings:
     return parse_settings(RegularizeSettings, OmegaConf.to_container(node, resolve=True), "regularize")
 
 
+def privacy_settings(cfg: DictConfig) -> PrivacySettings:
+    """``privacy.*`` as typed settings (configs logged before the group existed: not private)."""
+    node = cfg.get("privacy")
+    if node is None:
+        return PrivacySettings()
+    return parse_settings(PrivacySettings, OmegaConf.to_container(node, resolve=True), "privacy")
+
+
+# What DP-SGD (training/privacy.py) has been verified with: the strategies' classes and the backbones' classes
+PRIVATE_STRATEGIES = ("tlexp.strategies.finetune.FineTune", "tlexp.strategies.scratch.Scratch")
+PRIVATE_BACKBONES = ("tlexp.models.two_tower.TwoTower",)
+
+
+def check_privacy(cfg: DictConfig, strategy: Strategy) -> PrivacySettings:
+    """``privacy.*``, refusing (one line each, before any run is recorded) what DP-SGD here cannot protect."""
+    privacy = privacy_settings(cfg)
+    if not privacy.dp:
+        return privacy
+    kind = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
+    if kind not in PRIVATE_STRATEGIES:
+        raise ConfigError(f"privacy.dp=true is verified for strategy=finetune and strategy=scratch only (the target "
+                          f"fit is what is private); strategy={strategy.name} is not supported: pick one of those")
+    spec = strategy.backbone_spec() or cfg.backbone
+    target = str((spec or {}).get("_target_", ""))
+    if target not in PRIVATE_BACKBONES:
+        raise ConfigError(f"privacy.dp=true is verified for backbone=two_tower (and its _small/_large presets) only; "
+                          f"backbone={(spec or {}).get('name', target)} is not supported")
+    problem = loss_problem(TrainSettings.from_config(cfg).make_loss())
+    if problem:
+        raise ConfigError(problem)
+    refused = (
+        (regularize_settings(cfg).active, "regularize.* terms are not clipped per example; drop the regularize "
+                                          "overrides"),
+        (augment_settings(cfg).active, "augment=* subsamples the data on top of the Poisson sampling the accountant "
+                                       "assumes; use augment=none"),
+        (bool(cfg.get("scheduler")), "learning-rate schedulers are not stepped by the private loop; "
+                                     "use scheduler=none"),
+        (cfg.trainer.get("gradient_clip_val") is not None, "trainer.gradient_clip_val clips the batch gradient, "
+                                                           "privacy.max_grad_norm clips each example's; drop "
+                                                           "trainer.gradient_clip_val"),
+        (int(cfg.trainer.get("devices", 1) or 1) * int(cfg.trainer.get("num_nodes", 1) or 1) > 1
+         or "ddp" in str(cfg.trainer.get("strategy", "")), "data-parallel training is not supported; use trainer=cpu "
+                                                           "or trainer=gpu with one device"),
+        (int(cfg.trainer.get("accumulate_grad_batches", 1) or 1) != 1, "trainer.accumulate_grad_batches is not "
+                                                                        "supported; raise batch_size instead"),
+        (bool(cfg.get("resume")), "the accountant's history is not checkpointed, so a resumed run would under-report "
+                                  "ε; start a new run"),
+    )
+    for bad, why in refused:
+        if bad:
+            raise ConfigError(f"privacy.dp=true: {why}")
+    return privacy
+
+
 def augment_settings(cfg: DictConfig) -> AugmentSettings:
     """``augment.*`` as typed settings (configs logged before the group existed: none)."""
     node = cfg.get("augment")
@@ -132,6 +187,7 @@ def validate_config(cfg: DictConfig) -> None:
     eval_settings(cfg)  # eval.ks, eval.monitor, eval.combine, eval.kshot
     regularize_settings(cfg)
     augment_settings(cfg)
+    privacy_settings(cfg)
     if cfg.strategy.get("name") is None:
         raise ConfigError("strategy.name is missing (conf/strategy/<name>.yaml must set name)")
 

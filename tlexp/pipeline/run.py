@@ -36,6 +36,7 @@ from tlexp.models.recommender import Recommender
 from tlexp.core.errors import ConfigError
 from tlexp.pipeline.build import (
     assemble,
+    check_privacy,
     check_scenario,
     check_splits,
     eval_settings,
@@ -51,6 +52,7 @@ from tlexp.tracking.naming import run_name as make_run_name
 from tlexp.tracking.naming import source_tags
 from tlexp.tracking.sweep import current_sweep, sweep_tags
 from tlexp.training.module import TrainingModule, Validation
+from tlexp.training.privacy import PrivateData, PrivateTraining
 from tlexp.training.regularize import Regularizer
 from tlexp.training.trainer import build_trainer, fit_best
 
@@ -99,6 +101,7 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     if reg.active and not strategy.trains:  # before any run is recorded
         raise ConfigError(f"regularize.* adds terms to a training loss, but strategy={strategy.name} trains "
                           "nothing; drop the regularize overrides or pick a trained strategy")
+    privacy = check_privacy(cfg, strategy)
     cache = "hit" if scenario.cache_hit else "miss"
     stage("data", f"{scenario.source.name} → {target.name}: {target.n_users} users, {target.n_items} items, "
                   f"{len(target.train)} training interactions (scenario cache {cache})")
@@ -118,6 +121,8 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     experiment = cfg.logger.experiment_name or (sweep.experiment_name if in_sweep else "") or scenario.name
     tags.update(sweep_tags(uri))  # in a multirun: sweep_id, sweep_job, mlflow.parentRunId
     tags.update(source_tags(overrides))
+    if privacy.dp:
+        tags["privacy"] = "dp"
 
     tags["run_dir"] = str(out_dir.resolve())
     resume = cfg.get("resume") or None
@@ -145,13 +150,24 @@ def run_pipeline(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
             t0 = time.time()
             # L2-SP's starting point: the transferred weights as they are now, before any target step
             regularizer = Regularizer(reg, model, built.lr_scales) if reg.active else None
+            # DP-SGD on the target's training pairs (the source stages above are not private)
+            dp = PrivateTraining(privacy, len(target.train), asm.settings.batch_size, asm.settings.max_epochs) \
+                if privacy.dp else None
+            datamodule = PrivateData(built.datamodule, dp, seed) if dp is not None else built.datamodule
+            if dp is not None:
+                stage("privacy", f"DP-SGD: noise multiplier {dp.noise_multiplier:.3g}, per-example clip "
+                                 f"{privacy.max_grad_norm:g}, Poisson rate {dp.sample_rate:.3g}, δ={dp.delta:.3g}"
+                                 + (f", target ε={privacy.target_epsilon:g} by epoch {asm.settings.max_epochs}"
+                                    if privacy.target_epsilon is not None else ""))
             module = TrainingModule(model, built.objective, asm.settings.optimisation(built.lr_scales),
                                     Validation(plan.valid, plan.ks, plan.settings.batch_size, plan.monitor,
-                                               plan.epoch_extras), regularizer)
+                                               plan.epoch_extras), regularizer, dp)
             trainer = build_trainer(asm.settings, ckpt_dir=out_dir / "checkpoints", logger=run.lightning_logger(),
                                     stage="target")
-            fit = fit_best(trainer, module, built.datamodule, last_checkpoint(out_dir) if resume else None)
+            fit = fit_best(trainer, module, datamodule, last_checkpoint(out_dir) if resume else None)
             timings["time/fit_s"] = time.time() - t0
+            if dp is not None:  # what was spent: every step taken, whichever checkpoint validation selected
+                run.log_metrics(dp.metrics(), step=int(trainer.global_step) + 1)
             best_path = fit["best_path"]
             run.set_tags({"best_epoch": fit["best_epoch"]})
             if cfg.logger.get("learning_curves", True) and isinstance(run, TrackedRun):

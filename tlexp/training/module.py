@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +23,9 @@ from tlexp.core.errors import TlexpError
 from tlexp.evaluation.evaluator import EvalSet, accumulate
 from tlexp.models.recommender import Recommender
 from tlexp.training.regularize import Regularizer
+
+if TYPE_CHECKING:
+    from tlexp.training.privacy import PrivateTraining
 
 # A recommendation loss lives around 0.1-10 (a softmax over thousands of items: ~ln(n)); a loss beyond
 # this, or not finite, means training diverged: the run stops instead of reporting garbage.
@@ -103,30 +106,47 @@ class TrainingModule(pl.LightningModule):
     """Train ``model`` by ``objective``; validate by full ranking; optimise as ``optimisation`` says."""
 
     def __init__(self, model: Recommender, objective: Objective, optimisation: Optimisation,
-                 validation: Validation | None = None, regularizer: Regularizer | None = None):
+                 validation: Validation | None = None, regularizer: Regularizer | None = None,
+                 privacy: PrivateTraining | None = None):
         super().__init__()
         self.model = model
         self.objective = objective
         self.optimisation = optimisation
         self.validation = validation
         self.regularizer = regularizer
+        # DP-SGD (training/privacy.py): per-example gradients, clipped and noised by Opacus's optimizer,
+        # so this loop steps the optimizer itself
+        self.privacy = privacy
+        self.automatic_optimization = privacy is None
         self._val_acc = None
 
     # ----- training -----
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.privacy is not None:
+            loss, n = self.privacy.step(self.model, self.objective, self.optimizers(), batch)
+            self._check_finite(loss)
+            self.log_train("train/loss", loss, batch_size=max(n, 1), prog_bar=True)
+            return loss
         loss = self.objective.step(self, batch)
         if self.regularizer is not None:  # named terms (L2-SP, L1, L2), logged unweighted
             terms = self.regularizer.terms(self.model)
             for name, term in terms.items():
                 self.log_train(f"train/reg_{name}", term.detach(), 1)
             loss = loss + self.regularizer.weighted(terms)
+        self._check_finite(loss)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
         value = float(loss.detach())
         if not math.isfinite(value) or abs(value) > MAX_LOSS:
             raise TrainingDiverged(
                 f"the training loss is {value:.3g} at epoch {self.current_epoch}, step {self.global_step}: training "
                 f"diverged (limit {MAX_LOSS:g}); lower optimizer.lr (now {self.optimisation.base_lr:g}) or check the "
                 "loss settings — nothing from this run was cached")
-        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.privacy is not None:  # the privacy spent so far, per epoch
+            self.log("privacy/epsilon", self.privacy.epsilon(), on_step=False, on_epoch=True)
 
     def log_train(self, name: str, value: torch.Tensor | float, batch_size: int, prog_bar: bool = False) -> None:
         """An epoch-level training value (mean over the epoch's batches, weighted by ``batch_size``),
@@ -177,6 +197,8 @@ class TrainingModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = self.optimisation.optimizer(self.param_groups())
+        if self.privacy is not None:
+            opt = self.privacy.optimizer(opt)
         factory = self.optimisation.scheduler
         if factory is None:
             return opt
