@@ -129,14 +129,16 @@ def main() -> None:
              "train peak GB | eval users | eval s | bound s | eval / bound | peak GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scale']}x | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | {r['build_s']:.1f} | "
-                     f"{r['build_peak_gb']:.2f} | {r['epoch_s']:.1f} | {r['train_peak_gb']:.2f} | {r['eval_users']} | "
-                     f"{r['eval_s']:.2f} | {r['bound_s']:.2f} | {r['eval_ratio']:.2f} | {r['eval_peak_gb']:.2f} |")
-    for a, b in zip(rows, rows[1:]):
+        lines.append(f"| {r['scale']}x | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
+                     f"{r['build_s']:.1f} | {r['build_peak_gb']:.2f} | {r['epoch_s']:.1f} | {r['train_peak_gb']:.2f} | "
+                     f"{r['eval_users']} | {r['eval_s']:.2f} | {r['bound_s']:.2f} | {r['eval_ratio']:.2f} | "
+                     f"{r['eval_peak_gb']:.2f} |")
+    for a, b in zip(rows, rows[1:], strict=False):
         g = b["interactions"] / a["interactions"]
         lines.append(f"\n{a['scale']}x -> {b['scale']}x: interactions x{g:.1f}; build time x"
-                     f"{b['build_s'] / a['build_s']:.1f}, build peak RSS x{b['build_peak_gb'] / a['build_peak_gb']:.1f}, "
-                     f"epoch x{b['epoch_s'] / a['epoch_s']:.1f}, overall peak RSS x{b['eval_peak_gb'] / a['eval_peak_gb']:.1f}")
+                     f"{b['build_s'] / a['build_s']:.1f}, build peak RSS "
+                     f"x{b['build_peak_gb'] / a['build_peak_gb']:.1f}, epoch x{b['epoch_s'] / a['epoch_s']:.1f}, "
+                     f"overall peak RSS x{b['eval_peak_gb'] / a['eval_peak_gb']:.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
