@@ -67,8 +67,26 @@ _REGISTERED: tuple = ()
 PROCESS_ID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
+JOB_ENV = ("TLEXP_OUTPUTS", "TLEXP_DATA_DIR", "MLFLOW_TRACKING_URI")
+
+
+def job_env() -> dict[str, str]:
+    """The environment a sweep's jobs need to write where the sweep does, as the launching process
+    sees it: the outputs folder (absolute: a worker starts elsewhere), the data folder and the
+    tracking store. Launchers whose workers do not inherit this process's environment (a Ray
+    cluster's workers inherit the raylet's) pass it on: ``${tlexp_job_env:}`` in conf/hydra/launcher."""
+    env = {"TLEXP_OUTPUTS": str(Path(os.environ.get("TLEXP_OUTPUTS", "outputs")).resolve())}
+    if os.environ.get("TLEXP_DATA_DIR"):
+        env["TLEXP_DATA_DIR"] = str(Path(os.environ["TLEXP_DATA_DIR"]).resolve())
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    return env
+
+
 def register() -> None:
     """Resolvers and the ``source``/``target`` config groups (call before composing; cheap when nothing changed)."""
+    if not OmegaConf.has_resolver("tlexp_job_env"):
+        OmegaConf.register_new_resolver("tlexp_job_env", job_env)
     if not OmegaConf.has_resolver("tlexp_root"):
         OmegaConf.register_new_resolver("tlexp_root", lambda: str(project_root()))
     if not OmegaConf.has_resolver("tlexp_uid"):
