@@ -167,3 +167,38 @@ def test_no_validation_or_test_item_enters_training(target, kind: str):
         assert not torch.equal(batch["views"][:, 0], batch["views"][:, 1])
     else:
         assert changed > 0
+
+
+def test_the_mask_vector_and_contrastive_term_live_in_the_objective(target):
+    from tlexp.data.datamodule import SequenceDataModule
+    from tlexp.models.losses import CrossEntropyLoss
+    from tlexp.models.recommender import Recommender
+    from tlexp.models.sasrec import SASRec
+    from tlexp.training.augment import AugmentObjective
+    from tlexp.training.module import LossObjective
+
+    torch.manual_seed(0)
+    model = SASRec(target, dim=8, max_seq_len=8, n_layers=1)
+    plain_keys = set(SASRec(target, dim=8, max_seq_len=8, n_layers=1).state_dict())
+    aug = AugmentSettings(name="cl4srec", gamma=0.5)
+    objective = AugmentObjective(LossObjective(CrossEntropyLoss()), model, aug)
+    assert set(model.state_dict()) == plain_keys and "mask" in dict(objective.named_parameters())
+    dm = SequenceDataModule(target, 8, model.pad_token, model.bos_token, 32, augment=aug, seed=0,
+                            mask_token=model.mask_token)
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch["views"] == model.mask_token).any()
+
+    class Module:  # what the objective asks of the training module
+        def __init__(self):
+            self.model, self.logged = Recommender(model), {}
+
+        def log_train(self, name, value, batch_size, prog_bar=False):
+            self.logged[name] = float(torch.as_tensor(value).detach())
+
+    module = Module()
+    loss = objective.step(module, dict(batch))
+    loss.backward()
+    assert torch.isfinite(loss) and module.logged["train/loss_cl"] > 0
+    assert objective.mask.grad is not None and objective.mask.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no mask vector"):  # outside the objective, no mask token is readable
+        model.sequence_repr(batch["views"][:, 0])

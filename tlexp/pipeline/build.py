@@ -31,6 +31,7 @@ from tlexp.evaluation.plan import EvalSettings, KShotSettings
 from tlexp.models.base import Backbone, build_backbone
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
 from tlexp.tracking.run import RunLog
+from tlexp.training.augment import with_augmentation
 from tlexp.training.pretraining import finetune_teacher, pretrain_source
 from tlexp.data.augment import AugmentSettings
 from tlexp.training.regularize import RegularizeSettings
@@ -109,6 +110,19 @@ def augment_settings(cfg: DictConfig) -> AugmentSettings:
     if node is None:
         return AugmentSettings()
     return parse_settings(AugmentSettings, OmegaConf.to_container(node, resolve=True), "augment")
+
+
+def augmented(built: Built, strategy: Strategy, settings: AugmentSettings) -> Built:
+    """A sequence augmentation's training side (mask vector, contrastive term) around the strategy's
+    objective; refused in one line where the strategy trains on batches of its own making."""
+    if built.objective is None or not (settings.active and settings.on_sequences):
+        return built
+    train_set = getattr(built.datamodule, "train_set", None)
+    if getattr(train_set, "augment", None) is None:
+        raise ConfigError(f"augment={settings.name} augments the target's training sequences, which "
+                          f"strategy={strategy.name} wraps in batches of its own; use it with scratch, finetune, "
+                          "distill, fusion or emcdr, or use augment=none")
+    return dataclasses.replace(built, objective=with_augmentation(built.objective, built.model.backbone, settings))
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -363,4 +377,5 @@ def assemble(cfg: DictConfig, scenario: Scenario, source_fp: dict, strategy: Str
         build_backbone=lambda: build(strategy.backbone_spec()), log=log_to,
         reseed=lambda offset=0: reseed(seed, offset), augment=augment_settings(cfg))
     built = strategy.build(inputs)
+    built = augmented(built, strategy, inputs.augment)
     return Assembly(scenario, strategy, settings, inputs, built, backbone, timings)
