@@ -202,3 +202,50 @@ def test_the_mask_vector_and_contrastive_term_live_in_the_objective(target):
     assert objective.mask.grad is not None and objective.mask.grad.abs().sum() > 0
     with pytest.raises(RuntimeError, match="no mask vector"):  # outside the objective, no mask token is readable
         model.sequence_repr(batch["views"][:, 0])
+
+
+def test_word_dropout_is_seeded_and_keeps_a_word():
+    from tlexp.data.augment import word_dropout
+
+    texts = ["a red pen with a cap", "easel", "", "two words"] * 50
+    a, b = word_dropout(texts, 0.3, 0, 1), word_dropout(texts, 0.3, 0, 1)
+    assert a == b and a != word_dropout(texts, 0.3, 0, 2)
+    for old, new in zip(texts, a, strict=True):
+        assert (new == old) if len(old.split()) <= 1 else (1 <= len(new.split()) <= len(old.split()))
+        assert set(new.split()) <= set(old.split())
+    kept = sum(len(n.split()) for o, n in zip(texts, a, strict=True) if o.startswith("a red"))
+    assert 0.55 < kept / (6 * 50) < 0.85  # about 1 - p of the words
+
+
+def test_text_dropout_reads_cached_variants_in_training_only(target, tiny_encoder: Path, tmp_path: Path):
+    from tlexp.models.losses import CrossEntropyLoss
+    from tlexp.models.recommender import Recommender
+    from tlexp.models.text_seq import TextSeq
+    from tlexp.training.augment import TextDropoutObjective
+    from tlexp.training.module import LossObjective
+
+    enc = {"name_or_path": str(tiny_encoder), "max_length": 16, "cache_dir": str(tmp_path / "cache"),
+           "progress": False}
+    model = TextSeq(target, encoder=enc, dim=8, max_seq_len=8, n_layers=1)
+    aug = AugmentSettings(name="text_dropout", p=0.3, variants=2)
+    objective = TextDropoutObjective(LossObjective(CrossEntropyLoss()), model, aug, seed=0)
+    assert objective.cache == ["miss", "miss"]
+    assert TextDropoutObjective(LossObjective(CrossEntropyLoss()), model, aug, seed=0).cache == ["hit", "hit"]
+    clean = model.item_repr().detach().clone()
+    tower = model.item_tower
+    seen = {}
+
+    class Inner(LossObjective):
+        def step(self, module, batch):
+            seen["items"] = module.model.backbone.item_repr().detach().clone()
+            return torch.zeros(())
+
+    objective.inner = Inner(CrossEntropyLoss())
+
+    module = type("Module", (), {"current_epoch": 0, "model": Recommender(model)})()
+    objective.step(module, {})
+    assert not torch.allclose(seen["items"], clean)  # training reads the word-dropped texts
+    assert torch.equal(model.item_repr().detach(), clean)  # everything else the clean ones
+    first = objective.table(0, tower.text_emb)
+    assert torch.equal(first, objective.table(0, tower.text_emb)) and not torch.equal(first, objective.table(1, tower.text_emb))
+    assert "text_emb" not in model.state_dict() and not any("_tables" in k for k in objective.state_dict())

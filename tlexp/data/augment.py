@@ -11,6 +11,9 @@ run would have seen.
   (a share ``gamma`` of its input items replaced by a mask token) or locally shuffled (a contiguous
   run of share ``beta`` permuted) version of itself. The targets are the true next items of the
   augmented input (for ``mask``: of the unmasked one), all of them training items.
+* ``text_dropout`` (text backbones, frozen encoder): ``variants`` versions of the item texts with a
+  share ``p`` of their words dropped, each encoded once through the frozen-embedding cache; in every
+  epoch each item is read, in training only, through one of its versions drawn from (seed, epoch).
 * ``cl4srec`` (Xie et al. 2022): the recommendation loss on the plain sequences, plus an InfoNCE term
   between two augmented views of each user's training sequence (crop, mask or reorder, picked at random
   per view), weighted ``cl_weight``, at ``cl_temperature``.
@@ -31,7 +34,8 @@ from tlexp.core.errors import ConfigError
 
 PAIR_KINDS = ("interaction_dropout",)
 SEQUENCE_KINDS = ("crop", "mask", "reorder", "cl4srec")
-KINDS = ("none", *PAIR_KINDS, *SEQUENCE_KINDS)
+TEXT_KINDS = ("text_dropout",)
+KINDS = ("none", *PAIR_KINDS, *SEQUENCE_KINDS, *TEXT_KINDS)
 PAD = -1  # padding inside the transforms (never an item, never a token)
 
 
@@ -51,6 +55,7 @@ class AugmentSettings:
     beta: float = 0.6              # reorder: share of the sequence (a contiguous run) shuffled
     cl_weight: float = 0.1         # cl4srec: weight of the contrastive term added to the recommendation loss
     cl_temperature: float = 0.2    # cl4srec: InfoNCE temperature (cosine similarities are divided by it)
+    variants: int = 4              # text_dropout: word-dropped versions of each item text (each encoded once, cached)
 
     def __post_init__(self) -> None:
         where = f"conf/augment/{self.name}.yaml"
@@ -59,6 +64,10 @@ class AugmentSettings:
         if self.name in ("crop", "mask", "reorder"):
             if not _share(self.p):
                 raise ConfigError(f"augment.p={self.p!r} must be a probability in (0, 1] ({where}); e.g. augment.p=0.5")
+        elif self.name == "text_dropout":
+            if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 < self.p < 1:
+                raise ConfigError(f"augment.p={self.p!r} must be a share of words in (0, 1) ({where}); "
+                                  "e.g. augment.p=0.1")
         elif isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p < 1:
             raise ConfigError(f"augment.p={self.p!r} must be a share in [0, 1) ({where}); e.g. augment.p=0.2")
         for key in ("eta", "gamma", "beta"):
@@ -70,6 +79,10 @@ class AugmentSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"augment.{key}={value!r} must be a number > 0 ({where}); e.g. augment.{key}=0.1")
 
+        if isinstance(self.variants, bool) or not isinstance(self.variants, int) or self.variants < 1:
+            raise ConfigError(f"augment.variants={self.variants!r} must be an integer >= 1 ({where}); "
+                              "e.g. augment.variants=4")
+
     @property
     def active(self) -> bool:
         if self.name == "cl4srec":
@@ -80,6 +93,11 @@ class AugmentSettings:
     def on_sequences(self) -> bool:
         """An augmentation of item sequences (sequence backbones), as opposed to training pairs."""
         return self.name in SEQUENCE_KINDS
+
+    @property
+    def on_texts(self) -> bool:
+        """An augmentation of item texts (text backbones with a frozen encoder)."""
+        return self.name in TEXT_KINDS
 
     @property
     def uses_mask(self) -> bool:
@@ -203,3 +221,20 @@ def causal_rows(window: torch.Tensor, inputs: torch.Tensor | None, bos: int, pad
     inp = torch.where((inp == PAD) & (target != PAD), torch.full_like(inp, bos), inp)
     inp = torch.where(inp == PAD, torch.full_like(inp, pad), inp)
     return inp, target
+
+
+def word_dropout(texts: list[str], p: float, seed: int, variant: int) -> list[str]:
+    """``texts`` with each word (whitespace-separated) dropped with probability ``p``, at least one word
+    kept per text; determined by (seed, variant)."""
+    g = generator_for(seed, variant, 0, 0)
+    out = []
+    for text in texts:
+        words = text.split()
+        if len(words) <= 1:
+            out.append(text)
+            continue
+        keep = torch.rand(len(words), generator=g) >= p
+        if not keep.any():
+            keep[int(torch.randint(0, len(words), (1,), generator=g))] = True
+        out.append(" ".join(w for w, k in zip(words, keep.tolist(), strict=True) if k))
+    return out

@@ -62,7 +62,7 @@ class RecDataModule(pl.LightningDataModule):
         self.augment, self.seed = augment or AugmentSettings(), int(seed)
 
     def train_dataloader(self) -> DataLoader:
-        if self.augment.active:  # interaction dropout: a fresh (1 - p) share of the pairs each epoch
+        if self.augment.active and self.augment.name == "interaction_dropout":  # a fresh (1 - p) share each epoch
             sampler = EpochSubsetSampler(len(self.train_set), 1 - self.augment.p, self.seed)
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=keep_batch,
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
@@ -272,9 +272,9 @@ def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int 
     """
     active = augment is not None and augment.active
     if getattr(backbone, "needs_history", False):
-        if active and not augment.on_sequences:
+        if active and not (augment.on_sequences or augment.on_texts):
             raise ConfigError(f"augment={augment.name} works on training pairs of ID models; this backbone reads "
-                              "item sequences: use augment=crop, mask, reorder or cl4srec (or none)")
+                              "item sequences: use augment=crop, mask, reorder, cl4srec or text_dropout (or none)")
         bs = getattr(backbone, "batch_size", None) or batch_size
         return SequenceDataModule(data, backbone.max_seq_len, backbone.pad_token, backbone.bos_token,
                                   int(bs), num_workers, augment, seed, getattr(backbone, "mask_token", None))
