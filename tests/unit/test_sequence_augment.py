@@ -249,3 +249,17 @@ def test_text_dropout_reads_cached_variants_in_training_only(target, tiny_encode
     first = objective.table(0, tower.text_emb)
     assert torch.equal(first, objective.table(0, tower.text_emb)) and not torch.equal(first, objective.table(1, tower.text_emb))
     assert "text_emb" not in model.state_dict() and not any("_tables" in k for k in objective.state_dict())
+
+
+def test_mask_is_refused_where_a_sequence_teacher_would_read_the_masked_inputs(target):
+    from tlexp.models.losses import CrossEntropyLoss
+    from tlexp.models.sasrec import SASRec
+    from tlexp.training.augment import AugmentObjective
+    from tlexp.training.module import LossObjective
+
+    student = SASRec(target, dim=8, max_seq_len=8, n_layers=1)
+    inner = LossObjective(CrossEntropyLoss())
+    inner.teacher = SASRec(target, dim=8, max_seq_len=8, n_layers=1)
+    with pytest.raises(ConfigError, match="augment=mask feeds masked sequences to the strategy's sequence teacher"):
+        AugmentObjective(inner, student, AugmentSettings(name="mask", p=0.5))
+    AugmentObjective(inner, student, AugmentSettings(name="cl4srec"))

@@ -42,6 +42,9 @@ class AugmentObjective(Objective):
         seq = sequential_part(backbone)
         if seq is None:
             raise ConfigError(f"augment={settings.name} needs a sequence backbone (sasrec, text_seq); use augment=none")
+        if settings.name == "mask" and any(hasattr(m, "masked_with") for m in inner.modules()):
+            raise ConfigError("augment=mask feeds masked sequences to the strategy's sequence teacher too, which has "
+                              "no mask vector; use augment=crop, reorder or cl4srec (its loss reads plain sequences)")
         self.inner, self.settings = inner, settings
         self.mask = nn.Parameter(torch.randn(seq.dim) * 0.02) if settings.uses_mask else None
 
