@@ -263,3 +263,37 @@ def test_mask_is_refused_where_a_sequence_teacher_would_read_the_masked_inputs(t
     with pytest.raises(ConfigError, match="augment=mask feeds masked sequences to the strategy's sequence teacher"):
         AugmentObjective(inner, student, AugmentSettings(name="mask", p=0.5))
     AugmentObjective(inner, student, AugmentSettings(name="cl4srec"))
+
+
+def test_lightning_tells_the_batch_sampler_its_epoch():
+    """Augmentations are seeded by the epoch Lightning passes to ``batch_sampler.sampler.set_epoch``."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, Dataset
+
+    from tlexp.data.datamodule import BucketBatchSampler, keep_batch
+
+    seen = []
+
+    class Tags(Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitems__(self, idx):
+            seen.append((idx.epoch, idx.number))
+            return {"x": torch.ones(len(idx), 1)}
+
+    class Fit(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, i):
+            return self.lin(batch["x"]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), 0.1)
+
+    loader = DataLoader(Tags(), batch_sampler=BucketBatchSampler(torch.ones(10), 4), collate_fn=keep_batch)
+    pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu").fit(Fit(), loader)
+    assert seen == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
