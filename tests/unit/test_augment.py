@@ -58,7 +58,7 @@ def test_interaction_dropout_trains_on_training_pairs_only(tmp_path: Path):
     # sequence backbones: pair dropout does not apply to them, and that is said
     seq = torch.nn.Module()
     seq.needs_history = True  # what datamodule_for asks of a backbone that reads item sequences
-    with pytest.raises(ConfigError, match="use augment=crop, mask, reorder or cl4srec"):
+    with pytest.raises(ConfigError, match="use augment=crop, mask, reorder, cl4srec or text_dropout"):
         datamodule_for(target, seq, augment=aug)
     assert torch.equal(dm.item_counts, torch.bincount(torch.tensor(target.train["item"].to_numpy()),
                                                       minlength=target.n_items))
