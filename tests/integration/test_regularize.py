@@ -47,7 +47,8 @@ def test_cl4srec_on_sasrec_logs_its_term_per_epoch_and_keeps_the_model_keys(tmp_
     from tlexp.pipeline import run_pipeline
 
     small = ["backbone=sasrec", "strategy=scratch", "world.n_users=400", "trainer.max_epochs=2", "backbone.dim=16",
-             "backbone.max_seq_len=10", "logger.predictions_sample=0", "+trainer.limit_train_batches=3"]
+             "backbone.max_seq_len=10", "backbone.n_layers=1", "backbone.batch_size=32", "logger.predictions_sample=0",
+             "+trainer.limit_train_batches=2"]
     result = run_pipeline(tiny_cfg(tmp_path, *small, "augment=cl4srec", "augment.cl_weight=0.5", run_dir="cl"))
     client = MlflowClient(result["tracking_uri"])
     cl = client.get_metric_history(result["run_id"], "train/loss_cl")
