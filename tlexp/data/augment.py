@@ -49,7 +49,8 @@ class AugmentSettings:
     """``augment.*`` (conf/augment/<name>.yaml)."""
 
     name: str = "none"
-    p: float = 0.0                 # interaction_dropout: share of pairs left out; crop/mask/reorder: P(augment a sequence)
+    p: float = 0.0                 # interaction_dropout: share of pairs left out; crop/mask/reorder: P(augment
+    #                                a sequence); text_dropout: share of words dropped
     eta: float = 0.6               # crop: share of the sequence kept (a contiguous run)
     gamma: float = 0.3             # mask: share of the input items replaced by the mask token
     beta: float = 0.6              # reorder: share of the sequence (a contiguous run) shuffled
@@ -209,7 +210,8 @@ def with_probability(items: torch.Tensor, done: torch.Tensor, p: float, g: torch
     return torch.where(take.unsqueeze(1), done, items)
 
 
-def causal_rows(window: torch.Tensor, inputs: torch.Tensor | None, bos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_rows(window: torch.Tensor, inputs: torch.Tensor | None, bos: int,
+                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of width W - 1 from a (B, W) window of items: the target of each column is the
     item that follows its input; the input before a row's first item is the start token ``bos``.
 
