@@ -1,10 +1,25 @@
 """Augmentation of the target's training data (``augment`` config group).
 
-Only training pairs are touched: validation and test items never enter training through an
-augmentation (a test checks it). Built so far: ``interaction_dropout`` for ID models — each epoch sees
-a fresh random ``1 - p`` share of the training pairs. The subset is a function of (seed, epoch), so a
-run is reproducible and a resumed run sees the epochs a never-stopped run would have seen.
-Sequence augmentations (crop / mask / reorder, CL4SRec's contrastive views) are not built yet.
+Only training data is touched: validation and test items never enter training through an
+augmentation (tests/unit/test_augment.py checks it for every kind). Each draw is a function of
+(seed, epoch[, batch]), so a run is reproducible and a resumed run sees the epochs a never-stopped
+run would have seen.
+
+* ``interaction_dropout`` (ID models): each epoch sees a fresh random ``1 - p`` share of the training pairs.
+* ``crop`` / ``mask`` / ``reorder`` (sequence backbones: sasrec, text_seq): each training sequence is,
+  with probability ``p`` per epoch, replaced by a cropped (a contiguous run of share ``eta``), masked
+  (a share ``gamma`` of its input items replaced by a mask token) or locally shuffled (a contiguous
+  run of share ``beta`` permuted) version of itself. The targets are the true next items of the
+  augmented input (for ``mask``: of the unmasked one), all of them training items.
+* ``text_dropout`` (text backbones, frozen encoder): ``variants`` versions of the item texts with a
+  share ``p`` of their words dropped, each encoded once through the frozen-embedding cache; in every
+  epoch each item is read, in training only, through one of its versions drawn from (seed, epoch).
+* ``cl4srec`` (Xie et al. 2022): the recommendation loss on the plain sequences, plus an InfoNCE term
+  between two augmented views of each user's training sequence (crop, mask or reorder, picked at random
+  per view), weighted ``cl_weight``, at ``cl_temperature``.
+
+The transforms below work on left-padded item tensors (padding ``-1``), one row per sequence, drawing
+from an explicit generator; padding is never touched and never becomes an item.
 """
 
 from __future__ import annotations
@@ -17,7 +32,16 @@ from torch.utils.data import Sampler
 
 from tlexp.core.errors import ConfigError
 
-KINDS = ("none", "interaction_dropout")
+PAIR_KINDS = ("interaction_dropout",)
+SEQUENCE_KINDS = ("crop", "mask", "reorder", "cl4srec")
+TEXT_KINDS = ("text_dropout",)
+KINDS = ("none", *PAIR_KINDS, *SEQUENCE_KINDS, *TEXT_KINDS)
+PAD = -1  # padding inside the transforms (never an item, never a token)
+
+
+def _share(value: object, low_open: bool = True) -> bool:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    return ok and (0 < value <= 1 if low_open else 0 <= value < 1)
 
 
 @dataclass(frozen=True)
@@ -25,18 +49,61 @@ class AugmentSettings:
     """``augment.*`` (conf/augment/<name>.yaml)."""
 
     name: str = "none"
-    p: float = 0.0
+    p: float = 0.0                 # interaction_dropout: share of pairs left out; crop/mask/reorder: P(augment
+    #                                a sequence); text_dropout: share of words dropped
+    eta: float = 0.6               # crop: share of the sequence kept (a contiguous run)
+    gamma: float = 0.3             # mask: share of the input items replaced by the mask token
+    beta: float = 0.6              # reorder: share of the sequence (a contiguous run) shuffled
+    cl_weight: float = 0.1         # cl4srec: weight of the contrastive term added to the recommendation loss
+    cl_temperature: float = 0.2    # cl4srec: InfoNCE temperature (cosine similarities are divided by it)
+    variants: int = 4              # text_dropout: word-dropped versions of each item text (each encoded once, cached)
 
     def __post_init__(self) -> None:
+        where = f"conf/augment/{self.name}.yaml"
         if self.name not in KINDS:
             raise ConfigError(f"augment={self.name} is not built; choose one of {', '.join(KINDS)} (conf/augment/)")
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p < 1:
-            raise ConfigError(f"augment.p={self.p!r} must be a share in [0, 1) (conf/augment/{self.name}.yaml); "
-                              "e.g. augment.p=0.2")
+        if self.name in ("crop", "mask", "reorder"):
+            if not _share(self.p):
+                raise ConfigError(f"augment.p={self.p!r} must be a probability in (0, 1] ({where}); e.g. augment.p=0.5")
+        elif self.name == "text_dropout":
+            if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 < self.p < 1:
+                raise ConfigError(f"augment.p={self.p!r} must be a share of words in (0, 1) ({where}); "
+                                  "e.g. augment.p=0.1")
+        elif isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0 <= self.p < 1:
+            raise ConfigError(f"augment.p={self.p!r} must be a share in [0, 1) ({where}); e.g. augment.p=0.2")
+        for key in ("eta", "gamma", "beta"):
+            if not _share(getattr(self, key)):
+                raise ConfigError(f"augment.{key}={getattr(self, key)!r} must be a share in (0, 1] ({where}); "
+                                  f"e.g. augment.{key}=0.5")
+        for key in ("cl_weight", "cl_temperature"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"augment.{key}={value!r} must be a number > 0 ({where}); e.g. augment.{key}=0.1")
+
+        if isinstance(self.variants, bool) or not isinstance(self.variants, int) or self.variants < 1:
+            raise ConfigError(f"augment.variants={self.variants!r} must be an integer >= 1 ({where}); "
+                              "e.g. augment.variants=4")
 
     @property
     def active(self) -> bool:
+        if self.name == "cl4srec":
+            return True
         return self.name != "none" and self.p > 0
+
+    @property
+    def on_sequences(self) -> bool:
+        """An augmentation of item sequences (sequence backbones), as opposed to training pairs."""
+        return self.name in SEQUENCE_KINDS
+
+    @property
+    def on_texts(self) -> bool:
+        """An augmentation of item texts (text backbones with a frozen encoder)."""
+        return self.name in TEXT_KINDS
+
+    @property
+    def uses_mask(self) -> bool:
+        """Inputs may hold the mask token: the model needs a (training-only) mask vector."""
+        return self.name in ("mask", "cl4srec")
 
 
 class EpochSubsetSampler(Sampler[int]):
@@ -60,3 +127,116 @@ class EpochSubsetSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+
+# ----- sequence transforms: (B, W) left-padded item tensors, padding PAD -----
+
+def generator_for(seed: int, epoch: int, batch: int = 0, rank: int = 0) -> torch.Generator:
+    """A generator determined by (seed, epoch, batch, rank): int tuples hash the same in every process."""
+    return torch.Generator().manual_seed(hash((int(seed), int(epoch), int(batch), int(rank))) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def lengths(items: torch.Tensor) -> torch.Tensor:
+    return (items != PAD).sum(1)
+
+
+def _window(items: torch.Tensor, share: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, a random contiguous window of ``max(1, floor(share * n))`` of its ``n`` items:
+    (first column, length) in the tensor's columns."""
+    n = lengths(items)
+    m = torch.clamp((share * n.double()).floor().long(), min=1)
+    m = torch.minimum(m, n)
+    start = (torch.rand(n.shape, generator=g, dtype=torch.float64) * (n - m + 1).double()).floor().long()
+    start = torch.minimum(start, n - m)
+    return items.shape[1] - n + start, m
+
+
+def crop(items: torch.Tensor, eta: float, g: torch.Generator) -> torch.Tensor:
+    """Keep a random contiguous run of ``max(1, floor(eta * n))`` items of each row (left-padded again)."""
+    width = items.shape[1]
+    lo, m = _window(items, eta, g)
+    col = torch.arange(width).unsqueeze(0)
+    src = lo.unsqueeze(1) + col - (width - m).unsqueeze(1)      # output column -> input column
+    keep = col >= (width - m).unsqueeze(1)
+    out = torch.gather(items, 1, src.clamp(0, width - 1))
+    return torch.where(keep & (lengths(items) > 0).unsqueeze(1), out, torch.full_like(items, PAD))
+
+
+def mask(items: torch.Tensor, gamma: float, token: int, g: torch.Generator) -> torch.Tensor:
+    """Replace ``round(gamma * n)`` randomly chosen items of each row by ``token``."""
+    n = lengths(items)
+    k = torch.round(gamma * n.double()).long()
+    keys = torch.rand(items.shape, generator=g, dtype=torch.float64).masked_fill(items == PAD, 2.0)
+    rank = torch.argsort(torch.argsort(keys, dim=1), dim=1)       # 0 = the smallest key of the row
+    return torch.where(rank < k.unsqueeze(1), torch.full_like(items, token), items)
+
+
+def reorder(items: torch.Tensor, beta: float, g: torch.Generator) -> torch.Tensor:
+    """Shuffle a random contiguous run of ``max(1, floor(beta * n))`` items of each row; the rest stays."""
+    lo, m = _window(items, beta, g)
+    col = torch.arange(items.shape[1]).unsqueeze(0).double()
+    inside = (col >= lo.unsqueeze(1)) & (col < (lo + m).unsqueeze(1))
+    # sort keys: a column outside the run keeps its own index; inside, random keys within [lo, lo + m - 1]
+    rand = lo.unsqueeze(1) + torch.rand(items.shape, generator=g, dtype=torch.float64) * (m - 1).unsqueeze(1)
+    order = torch.argsort(torch.where(inside, rand, col), dim=1)
+    return torch.gather(items, 1, order)
+
+
+def augment_rows(items: torch.Tensor, kind: str, settings: AugmentSettings, mask_token: int,
+                 g: torch.Generator) -> torch.Tensor:
+    """``kind`` (crop, mask or reorder) applied to every row."""
+    if kind == "crop":
+        return crop(items, settings.eta, g)
+    if kind == "mask":
+        return mask(items, settings.gamma, mask_token, g)
+    if kind == "reorder":
+        return reorder(items, settings.beta, g)
+    raise ValueError(kind)
+
+
+def random_view(items: torch.Tensor, settings: AugmentSettings, mask_token: int, g: torch.Generator) -> torch.Tensor:
+    """CL4SRec's view: per row one of crop / mask / reorder, picked uniformly at random."""
+    pick = torch.randint(0, 3, (items.shape[0],), generator=g)
+    out = items.clone()
+    for i, kind in enumerate(("crop", "mask", "reorder")):
+        done = augment_rows(items, kind, settings, mask_token, g)
+        out = torch.where((pick == i).unsqueeze(1), done, out)
+    return out
+
+
+def with_probability(items: torch.Tensor, done: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Each row of ``done`` with probability ``p``, else the row of ``items``."""
+    take = torch.rand(items.shape[0], generator=g) < p
+    return torch.where(take.unsqueeze(1), done, items)
+
+
+def causal_rows(window: torch.Tensor, inputs: torch.Tensor | None, bos: int,
+                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of width W - 1 from a (B, W) window of items: the target of each column is the
+    item that follows its input; the input before a row's first item is the start token ``bos``.
+
+    ``inputs`` (optional, same shape as ``window``): what the model reads instead of the window's own
+    items (the masked window); the targets always come from ``window``.
+    """
+    source = window if inputs is None else inputs
+    inp, target = source[:, :-1], window[:, 1:]
+    inp = torch.where((inp == PAD) & (target != PAD), torch.full_like(inp, bos), inp)
+    inp = torch.where(inp == PAD, torch.full_like(inp, pad), inp)
+    return inp, target
+
+
+def word_dropout(texts: list[str], p: float, seed: int, variant: int) -> list[str]:
+    """``texts`` with each word (whitespace-separated) dropped with probability ``p``, at least one word
+    kept per text; determined by (seed, variant)."""
+    g = generator_for(seed, variant, 0, 0)
+    out = []
+    for text in texts:
+        words = text.split()
+        if len(words) <= 1:
+            out.append(text)
+            continue
+        keep = torch.rand(len(words), generator=g) >= p
+        if not keep.any():
+            keep[int(torch.randint(0, len(words), (1,), generator=g))] = True
+        out.append(" ".join(w for w, k in zip(words, keep.tolist(), strict=True) if k))
+    return out

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlexp.core.errors import ConfigError
-from tlexp.data.augment import AugmentSettings, EpochSubsetSampler
+from tlexp.data.augment import (PAD, AugmentSettings, EpochSubsetSampler, augment_rows, causal_rows, generator_for,
+                                mask, random_view, with_probability)
 from tlexp.data.scenario import DomainData
 
 
@@ -61,7 +62,7 @@ class RecDataModule(pl.LightningDataModule):
         self.augment, self.seed = augment or AugmentSettings(), int(seed)
 
     def train_dataloader(self) -> DataLoader:
-        if self.augment.active:  # interaction dropout: a fresh (1 - p) share of the pairs each epoch
+        if self.augment.active and self.augment.name == "interaction_dropout":  # a fresh (1 - p) share each epoch
             sampler = EpochSubsetSampler(len(self.train_set), 1 - self.augment.p, self.seed)
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=keep_batch,
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
@@ -108,14 +109,27 @@ class SequenceDataset(Dataset):
     position is trained to predict the item that follows it (SASRec's all-positions objective), and
     the start position learns what a user with no history picks first (cold-start users).
     Targets are -1 where there is nothing to predict (padding).
+
+    With a sequence augmentation (``augment``), a batch tagged by :class:`BucketBatchSampler` with its
+    epoch and number is augmented from the window of the last ``max_seq_len + 1`` training items of
+    each user (what the plain example is made of): nothing but training items goes in.
     """
 
-    def __init__(self, data: DomainData, max_seq_len: int, pad: int, bos: int):
+    def __init__(self, data: DomainData, max_seq_len: int, pad: int, bos: int,
+                 augment: AugmentSettings | None = None, seed: int = 0, mask_token: int | None = None):
         seqs = [s for s in user_sequences([data.train], data.n_users)]
         users = [u for u, s in enumerate(seqs) if s]
         self.users = torch.tensor(users, dtype=torch.long)
         self.seq = pad_left([[bos] + seqs[u][:-1] for u in users], max_seq_len, pad)
         self.target = pad_left([seqs[u] for u in users], max_seq_len, -1)
+        self.pad, self.bos, self.seed = pad, bos, int(seed)
+        self.augment = augment if augment is not None and augment.active and augment.on_sequences else None
+        self.mask_token = mask_token
+        if self.augment is not None:
+            if self.augment.uses_mask and mask_token is None:
+                raise ConfigError(f"augment={self.augment.name} needs a mask token, which this backbone has not "
+                                  "(sequence backbones: sasrec, text_seq); use augment=crop or reorder")
+            self.window = pad_left([seqs[u] for u in users], max_seq_len + 1, PAD)
 
     def __len__(self) -> int:
         return int(self.users.numel())
@@ -124,8 +138,43 @@ class SequenceDataset(Dataset):
         return {"user": self.users[i], "seq": self.seq[i], "target": self.target[i]}
 
     def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        t = torch.as_tensor(idx)
-        return {"user": self.users[t], "seq": self.seq[t], "target": self.target[t]}
+        t = torch.as_tensor(list(idx))
+        batch = {"user": self.users[t], "seq": self.seq[t], "target": self.target[t]}
+        if self.augment is not None and isinstance(idx, TaggedBatch):
+            batch.update(self.augmented(t, generator_for(self.seed, idx.epoch, idx.number, idx.rank)))
+        return batch
+
+    def augmented(self, rows: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """The augmented parts of a batch of dataset rows: ``seq``/``target`` (crop, mask, reorder) or
+        ``views`` (cl4srec: (B, 2, max_seq_len) tokens of two augmented views of each training history)."""
+        a, window = self.augment, self.window[rows]
+        if a.name == "cl4srec":
+            items = window[:, 1:]  # the history a user is represented by after training (train items)
+            end = torch.zeros(items.shape[0], 1, dtype=items.dtype)
+            views = [causal_rows(torch.cat([random_view(items, a, self.mask_token, g), end], 1), None,
+                                 self.bos, self.pad)[0] for _ in range(2)]
+            return {"views": torch.stack(views, 1)}
+        if a.name == "mask":  # the inputs are masked, the targets stay the true next items
+            inputs = window.clone()
+            inputs[:, -1] = PAD  # the last item is only ever a target
+            inputs = with_probability(window, mask(inputs, a.gamma, self.mask_token, g), a.p, g)
+            seq, target = causal_rows(window, inputs, self.bos, self.pad)
+        else:
+            done = augment_rows(window, a.name, a, self.mask_token if self.mask_token is not None else PAD, g)
+            seq, target = causal_rows(with_probability(window, done, a.p, g), None, self.bos, self.pad)
+        return {"seq": seq, "target": target}
+
+
+class TaggedBatch(list):
+    """A batch of dataset indices that knows its epoch, its number in the epoch and its process rank
+    (what a sequence augmentation is seeded by). Picklable: it travels to DataLoader workers."""
+
+    def __init__(self, idx: list[int], epoch: int, number: int, rank: int = 0):
+        super().__init__(idx)
+        self.epoch, self.number, self.rank = int(epoch), int(number), int(rank)
+
+    def __reduce__(self):
+        return (TaggedBatch, (list(self), self.epoch, self.number, self.rank))
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
@@ -135,10 +184,18 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     batches, shuffle the batches. Histories are short and skewed (median ~8, max 50), so random
     batches would almost always be padded to the full length; bucketed ones are ~4x cheaper. Draws
     from torch's global generator, so ``seed_everything`` makes it reproducible.
+
+    Batches are :class:`TaggedBatch` lists (their epoch and number seed a sequence augmentation).
+    Lightning calls ``set_epoch`` on ``batch_sampler.sampler`` before each epoch: that is this object.
     """
 
     def __init__(self, lengths: torch.Tensor, batch_size: int, pool: int = 50):
         self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+        self.epoch = 0
+        self.sampler = self  # where Lightning looks for set_epoch on a custom batch sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         perm = torch.randperm(self.lengths.numel())
@@ -147,11 +204,22 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             chunk = perm[lo: lo + self.batch_size * self.pool]
             chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
             batches += [chunk[i: i + self.batch_size].tolist() for i in range(0, chunk.numel(), self.batch_size)]
-        for b in torch.randperm(len(batches)).tolist():
-            yield batches[b]
+        for number, b in enumerate(torch.randperm(len(batches)).tolist()):
+            yield TaggedBatch(batches[b], self.epoch, number)
 
     def __len__(self) -> int:
         return (self.lengths.numel() + self.batch_size - 1) // self.batch_size
+
+
+class TaggedBatchSampler(torch.utils.data.BatchSampler):
+    """A plain batch sampler whose batches are :class:`TaggedBatch` lists: the distributed path of a
+    sequence augmentation (Lightning swaps the sampler for its DistributedSampler, whose epoch and
+    rank tag the batches)."""
+
+    def __iter__(self):
+        epoch, rank = getattr(self.sampler, "epoch", 0), getattr(self.sampler, "rank", 0)
+        for number, idx in enumerate(super().__iter__()):
+            yield TaggedBatch(idx, epoch, number, rank)
 
 
 def trim_padding(batch: dict[str, torch.Tensor], pad: int) -> dict[str, torch.Tensor]:
@@ -168,16 +236,21 @@ class SequenceDataModule(pl.LightningDataModule):
     """Per-user causal training sequences from ``data.train``; evaluation as in :class:`RecDataModule`."""
 
     def __init__(self, data: DomainData, max_seq_len: int, pad: int, bos: int, batch_size: int = 256,
-                 num_workers: int = 0):
+                 num_workers: int = 0, augment: AugmentSettings | None = None, seed: int = 0,
+                 mask_token: int | None = None):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set = SequenceDataset(data, max_seq_len, pad, bos)
+        self.train_set = SequenceDataset(data, max_seq_len, pad, bos, augment, seed, mask_token)
         self.item_counts = torch.bincount(torch.tensor(data.train["item"].to_numpy(), dtype=torch.long),
                                           minlength=data.n_items)
 
     def train_dataloader(self) -> DataLoader:
         distributed = self.trainer is not None and self.trainer.world_size > 1
         if distributed:  # Lightning shards an ordinary shuffled loader across ranks
+            if self.train_set.augment is not None:  # batches tagged with (epoch, number, rank)
+                sampler = TaggedBatchSampler(torch.utils.data.RandomSampler(self.train_set), self.batch_size, False)
+                return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=keep_batch,
+                                  num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
             return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=keep_batch,
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         lengths = (self.train_set.target >= 0).sum(1)
@@ -197,12 +270,15 @@ def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int 
     A sequential backbone may set its own ``batch_size`` (sequences per batch), since one sequence
     holds up to ``max_seq_len`` training positions.
     """
+    active = augment is not None and augment.active
     if getattr(backbone, "needs_history", False):
-        if augment is not None and augment.active:
+        if active and not (augment.on_sequences or augment.on_texts):
             raise ConfigError(f"augment={augment.name} works on training pairs of ID models; this backbone reads "
-                              "item sequences, whose augmentations (crop, mask, reorder) are not built yet: use "
-                              "augment=none")
+                              "item sequences: use augment=crop, mask, reorder, cl4srec or text_dropout (or none)")
         bs = getattr(backbone, "batch_size", None) or batch_size
         return SequenceDataModule(data, backbone.max_seq_len, backbone.pad_token, backbone.bos_token,
-                                  int(bs), num_workers)
+                                  int(bs), num_workers, augment, seed, getattr(backbone, "mask_token", None))
+    if active and augment.on_sequences:
+        raise ConfigError(f"augment={augment.name} works on item sequences (backbone=sasrec or text_seq); this "
+                          "backbone learns from (user, item) pairs: use augment=interaction_dropout (or none)")
     return RecDataModule(data, batch_size, num_workers, augment, seed)

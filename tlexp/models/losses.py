@@ -92,3 +92,15 @@ class CrossEntropyLoss(nn.Module):
         neg_s = neg_s.masked_fill(neg.unsqueeze(0) == items.unsqueeze(1), -torch.inf)
         logits = torch.cat([pos_s, neg_s], dim=1) / self.temperature
         return F.cross_entropy(logits, torch.zeros_like(items))
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (NT-Xent) between two views: row i of ``z1`` and of ``z2`` are a positive pair,
+    every other row of either view a negative (2B - 2 per anchor, as in CL4SRec). Cosine similarities
+    divided by ``temperature``."""
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device), -torch.inf)
+    n = z1.shape[0]
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return F.cross_entropy(sim, positive)

@@ -8,12 +8,18 @@ applied to a target one, and what the text variant (:mod:`tlexp.models.text_seq`
 Token conventions inside sequence tensors: ``0..n_items-1`` are items, ``pad_token = n_items``
 marks padding (left side; never attended to, never a target) and ``bos_token = n_items + 1`` a
 start-of-history token, whose output represents a user with no history (cold-start users).
+``mask_token = n_items + 2`` stands for a masked item in augmented training sequences
+(``augment=mask`` / ``cl4srec``); its vector is a training-only parameter of the objective
+(:mod:`tlexp.training.augment`), lent to the model with :meth:`SequentialBackbone.masked_with`, so
+that a model's parameters (and checkpoints) are the same with or without augmentation.
 Positions are counted from the *end* of the sequence, so a history's representation does not
 depend on how much padding precedes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -88,8 +94,8 @@ class SequentialBackbone(Backbone):
             raise ConfigError(f"backbone.max_seq_len={max_seq_len} must be at least 2")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.dim, self.max_seq_len, self.batch_size = dim, int(max_seq_len), batch_size
-        self.pad_token, self.bos_token = self.n_items, self.n_items + 1
-        self.source_offset = self.n_items + 2  # tokens from here on: a source domain's items
+        self.pad_token, self.bos_token, self.mask_token = self.n_items, self.n_items + 1, self.n_items + 2
+        self.source_offset = self.n_items + 3  # tokens from here on: a source domain's items
         self.source_history = bool(source_history)
         self.register_buffer("src_item_table", torch.zeros(0), persistent=False)
         self.bos = nn.Parameter(torch.randn(dim) * 0.02)
@@ -109,9 +115,20 @@ class SequentialBackbone(Backbone):
         table = self.hist_test if split == "test" else self.hist_val
         return table[users]
 
+    @contextmanager
+    def masked_with(self, vector: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, ``mask_token`` inputs read ``vector`` (a parameter the caller owns and
+        trains; not registered here, so the model's state_dict does not change)."""
+        self.__dict__["_mask_vector"] = vector
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_mask_vector", None)
+
     def input_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, L, d) vectors of a token sequence: items via :meth:`item_repr`, BOS learned, padding 0,
-        source-domain items (cold-start users' source histories) via :meth:`source_item_inputs`."""
+        source-domain items (cold-start users' source histories) via :meth:`source_item_inputs`,
+        masked items (augmented training sequences) the vector lent by :meth:`masked_with`."""
         real = seq < self.n_items
         out = torch.zeros(*seq.shape, self.dim, device=seq.device, dtype=self.bos.dtype)
         if real.any():
@@ -121,6 +138,12 @@ class SequentialBackbone(Backbone):
         if src.any():
             uniq, inverse = torch.unique(seq[src] - self.source_offset, return_inverse=True)
             out[src] = self.source_item_inputs(uniq).to(out.dtype)[inverse]
+        masked = seq == self.mask_token
+        if masked.any():
+            vector = self.__dict__.get("_mask_vector")
+            if vector is None:
+                raise RuntimeError("a sequence holds mask tokens but no mask vector was lent (masked_with)")
+            out = torch.where(masked.unsqueeze(-1), vector.to(out.dtype).expand_as(out), out)
         return torch.where((seq == self.bos_token).unsqueeze(-1), self.bos.expand_as(out), out)
 
     def sequence_repr(self, seq: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -399,6 +399,9 @@ class TextItemTower(nn.Module):
                                     device=str(enc.get("device") or "auto"))
             self.register_buffer("text_emb", emb, persistent=False)
             self.encoder = None
+            self.texts = list(texts)  # for re-encoding variants of them (augment=text_dropout)
+            self.embed_kwargs = {**common, "num_threads": enc.get("num_threads"), "progress": False,
+                                 "cache_dir": enc.get("cache_dir"), "device": str(enc.get("device") or "auto")}
             in_dim = emb.shape[1]
             self.info = info
         else:
@@ -410,10 +413,28 @@ class TextItemTower(nn.Module):
             self.info = {"cache": "none", "key": "", "encode_s": 0.0, "encode_cpu_s": 0.0, "load_s": time.time() - t0}
         self.adaptor = adaptor(in_dim, out_dim) if adaptor is not None else nn.Linear(in_dim, out_dim)
 
+    def embed_variant(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Frozen embeddings of other texts for the same items, through this tower's encoder settings and
+        the embedding cache (keyed on the texts: each variant has its own entry)."""
+        if self.encoder is not None:
+            raise ConfigError(f"text variants need frozen encoder embeddings; backbone.encoder.mode={self.mode} "
+                              "encodes while training: use backbone.encoder.mode=frozen")
+        return embed_texts(texts, **self.embed_kwargs)
+
+    @contextmanager
+    def reading(self, table: torch.Tensor) -> Iterator[None]:
+        """Within the block, items are read through ``table`` instead of ``text_emb`` (same shape)."""
+        self.__dict__["_text_table"] = table
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_text_table", None)
+
     def text_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's vectors (before the adaptor)."""
         if self.encoder is None:
-            return self.text_emb if items is None else self.text_emb[items]
+            table = self.__dict__.get("_text_table", self.text_emb)
+            return table if items is None else table[items]
         return self.encoder(items)
 
     def forward(self, items: torch.Tensor | None = None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from tlexp.evaluation.plan import EvalSettings, KShotSettings
 from tlexp.models.base import Backbone, build_backbone
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
 from tlexp.tracking.run import RunLog
+from tlexp.training.augment import with_augmentation
 from tlexp.training.pretraining import finetune_teacher, pretrain_source
 from tlexp.data.augment import AugmentSettings
 from tlexp.training.privacy import PrivacySettings, loss_problem
@@ -164,6 +165,23 @@ def augment_settings(cfg: DictConfig) -> AugmentSettings:
     if node is None:
         return AugmentSettings()
     return parse_settings(AugmentSettings, OmegaConf.to_container(node, resolve=True), "augment")
+
+
+def augmented(built: Built, strategy: Strategy, inputs: StrategyInputs) -> Built:
+    """A sequence or text augmentation's training side (mask vector, contrastive term, text variants)
+    around the strategy's objective; refused in one line where the strategy trains on batches of its own."""
+    settings = inputs.augment
+    if built.objective is None or not (settings.active and (settings.on_sequences or settings.on_texts)):
+        return built
+    train_set = getattr(built.datamodule, "train_set", None)
+    if settings.on_sequences and getattr(train_set, "augment", None) is None:
+        raise ConfigError(f"augment={settings.name} augments the target's training sequences, which "
+                          f"strategy={strategy.name} wraps in batches of its own; use it with scratch, finetune, "
+                          "distill, fusion or emcdr, or use augment=none")
+    objective = with_augmentation(built.objective, built.model.backbone, settings, inputs.seed)
+    if settings.on_texts:
+        inputs.log.set_tags({"augment_text_cache": ",".join(objective.cache)})
+    return dataclasses.replace(built, objective=objective)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -419,4 +437,5 @@ def assemble(cfg: DictConfig, scenario: Scenario, source_fp: dict, strategy: Str
         build_backbone=lambda: build(strategy.backbone_spec()), log=log_to,
         reseed=lambda offset=0: reseed(seed, offset), augment=augment_settings(cfg))
     built = strategy.build(inputs)
+    built = augmented(built, strategy, inputs)
     return Assembly(scenario, strategy, settings, inputs, built, backbone, timings)

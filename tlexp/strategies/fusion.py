@@ -142,7 +142,7 @@ class FusedBackbone(Backbone):
         super().__init__()
         self.base, self.head = base, head
         self.n_users, self.n_items, self.name = base.n_users, base.n_items, f"fusion_{base.name}"
-        for attr in ("needs_history", "max_seq_len", "pad_token", "bos_token", "batch_size"):
+        for attr in ("needs_history", "max_seq_len", "pad_token", "bos_token", "mask_token", "batch_size"):
             if hasattr(base, attr):  # plain values saying how the base wants its training data
                 setattr(self, attr, getattr(base, attr))
 
