@@ -63,3 +63,23 @@ def save_tiny_encoder(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def finished_run(out: Path, *overrides: str) -> dict:
+    """One finished tiny run in its own embedded store under ``out`` (module fixtures share it), with
+    TLEXP_OUTPUTS pointing there while it runs and the environment restored after."""
+    import os
+
+    from tlexp.pipeline import run_pipeline
+
+    old = {k: os.environ.get(k) for k in ("TLEXP_OUTPUTS", "MLFLOW_TRACKING_URI")}
+    os.environ["TLEXP_OUTPUTS"] = str(out)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        return run_pipeline(tiny_cfg(out, *overrides))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

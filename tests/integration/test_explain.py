@@ -7,27 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import tiny_cfg
+from helpers import finished_run
 
 SMALL = ["world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2", "logger.predictions_sample=20"]
 
 
 def _finished_run(tmp_path_factory, name: str, *overrides: str):
-    import os
-
-    from tlexp.pipeline import run_pipeline
-
-    out = tmp_path_factory.mktemp(name) / "outputs"
-    old = {k: os.environ.get(k) for k in ("TLEXP_OUTPUTS", "MLFLOW_TRACKING_URI")}
-    os.environ["TLEXP_OUTPUTS"] = str(out)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        result = run_pipeline(tiny_cfg(out, *SMALL, *overrides))
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     from tlexp.serving.recommend import load_run
 
+    out = tmp_path_factory.mktemp(name) / "outputs"
+    result = finished_run(out, *SMALL, *overrides)
     return out, result, load_run(result["run_id"], result["tracking_uri"], out)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assembled, tiny_cfg
+from helpers import assembled, finished_run, tiny_cfg
 
 from tlexp.core.errors import ConfigError
 
@@ -19,24 +19,11 @@ TOWERS = ["strategy=scratch", "backbone.tower_layers=[32]", "world.n_users=400",
 @pytest.fixture(scope="module")
 def tower_run(tmp_path_factory):
     """One finished tiny scratch run (two-tower with MLP towers) in its own embedded store, rebuilt."""
-    import os
-
-    from tlexp.pipeline import run_pipeline
     from tlexp.serving.recommend import load_run
 
     out = tmp_path_factory.mktemp("quant") / "outputs"
-    old = {k: os.environ.get(k) for k in ("TLEXP_OUTPUTS", "MLFLOW_TRACKING_URI")}
-    os.environ["TLEXP_OUTPUTS"] = str(out)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        result = run_pipeline(tiny_cfg(out, *TOWERS))
-        yield out, result, load_run(result["run_id"], result["tracking_uri"], out)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    result = finished_run(out, *TOWERS)
+    return out, result, load_run(result["run_id"], result["tracking_uri"], out)
 
 
 def _top_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 10) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import tiny_cfg
+from helpers import finished_run, tiny_cfg
 
 from tlexp.core.errors import ConfigError
 
@@ -17,23 +17,8 @@ SMALL = ["world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2"]
 @pytest.fixture(scope="module")
 def finetune_run(tmp_path_factory):
     """One finished tiny finetune run in its own embedded store."""
-    import os
-
-    from tlexp.pipeline import run_pipeline
-
     out = tmp_path_factory.mktemp("rec") / "outputs"
-    old = {k: os.environ.get(k) for k in ("TLEXP_OUTPUTS", "MLFLOW_TRACKING_URI")}
-    os.environ["TLEXP_OUTPUTS"] = str(out)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        result = run_pipeline(tiny_cfg(out, "strategy=finetune", *SMALL))
-        yield out, result
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return out, finished_run(out, "strategy=finetune", *SMALL)
 
 
 def _predictions(result) -> pd.DataFrame:
