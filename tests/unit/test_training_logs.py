@@ -57,7 +57,7 @@ def test_epoch_means_are_bit_identical_to_lightning_per_batch_logging(loss, monk
     fast = fit(loss, per_batch=False, monkeypatch=monkeypatch)
     reference = fit(loss, per_batch=True, monkeypatch=monkeypatch)
     assert len(fast) == len(reference) == 3
-    for ours, theirs in zip(fast, reference):
+    for ours, theirs in zip(fast, reference, strict=True):
         assert set(ours) == set(theirs) == {"train/loss", "train/share"}
         for key in ours:
             assert ours[key].dtype == theirs[key].dtype
