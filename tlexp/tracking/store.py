@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tlexp.core.cache import build_lock
 from tlexp.core.errors import TlexpError
+from tlexp.tracking.store_template import own_default_experiment, seed_store
 
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
@@ -79,8 +80,12 @@ def open_store(uri: str, create: bool = True):
             # MlflowClient() opens the store, and the first opening creates and migrates the schema: one
             # process at a time (later openings in this process reuse MLflow's cached store)
             with build_lock(path.with_name(path.name + ".lock")):
+                # a new store starts as a copy of an empty, migrated one (tracking/store_template.py)
+                seeded = not path.exists() and seed_store(path)
                 client = MlflowClient(tracking_uri=uri)
                 client.search_experiments(max_results=1)
+                if seeded:
+                    own_default_experiment(path, client)
         else:
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
