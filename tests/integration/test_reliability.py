@@ -58,7 +58,8 @@ def test_kill_9_then_resume_finishes_the_same_run_with_identical_test_metrics(tm
 
 
 def test_concurrent_first_runs_on_a_fresh_store_all_land_in_their_own_folders(tmp_path: Path):
-    outcome = chaos.concurrent_first_runs(tmp_path, 3)
+    # two racing first runs are the case that broke stores; scripts/chaos.py runs eight
+    outcome = chaos.concurrent_first_runs(tmp_path, 2)
     assert outcome.survived, outcome.detail
 
 

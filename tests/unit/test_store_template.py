@@ -12,8 +12,12 @@ from tlexp.tracking.store import open_store
 
 
 def _schema(path: Path) -> list[tuple]:
+    """Every table and index with its definition's clauses as a set: MLflow's migrations rebuild some
+    tables with their constraints in hash order, which differs from process to process."""
     with sqlite3.connect(path) as db:
-        return sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        return sorted((kind, name, frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+                      for kind, name, sql in rows)
 
 
 def _rows(path: Path, table: str) -> list[tuple]:
