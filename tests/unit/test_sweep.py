@@ -7,10 +7,12 @@ once per module, on a tiny world with the debug trainer.
 
 from __future__ import annotations
 
+import os
 from itertools import product
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import TINY, tiny_cfg
 
 SMALL = [*TINY, "world.n_users=400", "trainer.max_epochs=2", "pretrain.max_epochs=2"]
@@ -99,3 +101,26 @@ def test_strategy_benchmark_runs_every_strategy_times_three_seeds():
                  for job in jobs)
     assert got == sorted(product(strategies, ["0", "1", "2"]))
     assert np.unique([s for s, _ in got]).tolist() == strategies
+
+
+@pytest.mark.parametrize(("n_jobs", "cores", "threads"), [(2, 2, "1"), (-1, 2, "1"), (1, 2, "2"), (2, 8, "4"),
+                                                          (-2, 8, "1")])
+def test_joblib_jobs_share_the_cores(n_jobs, cores, threads, monkeypatch):
+    """n_jobs jobs at once get cores // n_jobs OpenMP threads each (joblib's negative n_jobs counted as
+    joblib counts them), unless the user set OMP_NUM_THREADS; other launchers are left alone."""
+    from omegaconf import OmegaConf
+
+    from tlexp.pipeline.sweep import share_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    joblib = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": n_jobs}
+    share_cores(OmegaConf.create({"hydra": {"launcher": joblib}}))
+    assert os.environ["OMP_NUM_THREADS"] == threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    share_cores(OmegaConf.create({"hydra": {"launcher": joblib}}))
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    share_cores(OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher"
+                                                                      ".BasicLauncher"}}}))
+    assert "OMP_NUM_THREADS" not in os.environ

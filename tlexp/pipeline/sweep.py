@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class MlflowSweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        share_cores(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         info = start_parent_run(config, sweep_dir)
         _OPEN[info.sweep_id] = info
@@ -62,6 +64,23 @@ class MlflowSweepCallback(Callback):
         _OPEN.pop(info.sweep_id, None)
         print(f"sweep {info.sweep_id}: parent MLflow run {info.parent_run_id} in experiment "
               f"'{info.experiment_name}'  (compare: tlexp compare --sweep {info.sweep_id})")
+
+
+def share_cores(config: DictConfig) -> None:
+    """Parallel jobs on one machine share its cores: ``cores // n_jobs`` OpenMP threads each.
+
+    The joblib launcher runs ``n_jobs`` jobs at once (all cores by default) and each job's torch would
+    start one thread per core; OpenMP threads spin at every barrier waiting for a descheduled one, so
+    that oversubscription costs several times the work, not twice. The launcher's workers are started
+    after this and inherit the setting; a user's own ``OMP_NUM_THREADS`` is left alone.
+    """
+    launcher = config.hydra.get("launcher") or {}
+    if "joblib" not in str(launcher.get("_target_", "")) or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    n_jobs = max(cores + 1 + n_jobs, 1) if n_jobs < 0 else n_jobs  # joblib: -1 = all cores, -2 = all but one
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // max(n_jobs, 1)))
 
 
 def attach_report(info: SweepInfo) -> None:
