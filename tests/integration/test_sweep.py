@@ -65,8 +65,10 @@ def test_cache_lock_makes_concurrent_builders_build_once(tmp_path: Path):
 @pytest.fixture(scope="module")
 def joblib_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("joblib") / "outputs"
+    # ~50-90 s; the bound catches an exit that waits for loky's idle workers (300 s), as tlexp's fast
+    # exit once did when it ran the atexit handlers without threading's exit hooks (cli/app.py entry)
     proc = _tlexp(out, "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                  "strategy=scratch,finetune", "seed=0,1,2", *SMALL)
+                  "strategy=scratch,finetune", "seed=0,1,2", *SMALL, timeout=280)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
 
