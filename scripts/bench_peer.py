@@ -513,8 +513,10 @@ def table(results: dict) -> str:
             note = f", up to {r['max_epochs']} epochs" if key != "tlexp" and key != "recbole" else ""
             lines.append(f"| {model} | {r['tool']} ({r['model']}{note}) | " + " | ".join(cells)
                          + f" | {la(r['load_start'])} → {la(r['load_end'])} |")
-        ratio = [("—" if f is None else f"{f(pair['tlexp']) / f(pair['recbole']):.2f}×") for _, f, _ in COLUMNS]
-        lines.append(f"| {model} | **tlexp / RecBole** | " + " | ".join(ratio) + " | |")
+        for key in ("tlexp", *sorted(k for k in pair if k.startswith("tlexp_"))):
+            ratio = [("—" if f is None else f"{f(pair[key]) / f(pair['recbole']):.2f}×") for _, f, _ in COLUMNS]
+            what = "" if key == "tlexp" else f" (tlexp up to {pair[key]['max_epochs']} epochs)"
+            lines.append(f"| {model} | **tlexp / RecBole**{what} | " + " | ".join(ratio) + " | |")
     return "\n".join(lines)
 
 
@@ -542,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--check-recbole-split", action="store_true", help="also check that RecBole's own LS/TO "
                     "split of the time-ordered data builds exactly the written sequential rows")
     ap.add_argument("--tlexp-extra", nargs="*", default=[], help="extra tlexp overrides for every tlexp run")
+    ap.add_argument("--report-only", action="store_true", help="rebuild results.md from --out's results.json")
     ap.add_argument("--recbole-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.recbole_worker:
@@ -549,6 +552,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     out = args.out.resolve()
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())["results"]
+        md = table({m: p for m, p in results.items() if "recbole" in p and "tlexp" in p})
+        (out / "results.md").write_text(md + "\n")
+        print(md)
+        return
     folder = out / "data"
     source = data_root() / ML100K
     if not (source / "ml-100k.inter").is_file():
@@ -561,7 +570,8 @@ def main(argv: list[str] | None = None) -> None:
     py = args.recbole_python or ensure_recbole(args.recbole_venv, out / "recbole-install.log")
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     results = dict(previous.get("results", {}))
-    meta = {"python": sys.executable, "recbole_python": str(py), "split_seed": args.split_seed, "seed": args.seed,
+    meta = {**previous.get("meta", {}), "python": sys.executable, "recbole_python": str(py),
+            "split_seed": args.split_seed, "seed": args.seed,
             "max_epochs": args.max_epochs, "data": identity, "data_source": str(source), "cores": os.cpu_count(),
             "nice": os.nice(0), "argv": sys.argv, "lr": LR}
     if args.check_recbole_split:
