@@ -117,6 +117,24 @@ def test_training_items_are_never_recommended():
         assert not set(row.tolist()) & set(hist.loc[hist.user == u, "item"])
 
 
+def test_mask_history_false_ranks_the_history_too():
+    """eval.mask_history=false (RecBole's sequential protocol): nothing masked, metrics as the reference
+    loop without a mask; the default masks train (valid) and train + valid (test)."""
+    rng = np.random.default_rng(4)
+    data = random_domain(rng)
+    s = torch.from_numpy(rng.standard_normal((data.n_users, data.n_items)).astype(np.float32))
+    for split, hist in (("valid", data.train), ("test", pd.concat([data.train, data.valid]))):
+        masked, open_ = make_eval_set(data, split), make_eval_set(data, split, mask_history=False)
+        assert open_.mask.indices.size == 0 and masked.mask.indices.size == len(hist)
+        assert np.array_equal(open_.users, masked.users) and np.array_equal(open_.truth.indices, masked.truth.indices)
+        got = evaluate(open_, lambda users: s[users].clone(), [10])
+        frame = getattr(data, split)
+        truth = {int(u): set(frame.loc[frame.user == u, "item"]) for u in open_.users}
+        ref = reference(s.numpy(), truth, {}, 10)
+        prefix = "val" if split == "valid" else "test"
+        assert got[f"{prefix}/ndcg_at_10"] == pytest.approx(ref["ndcg"], abs=1e-6)
+
+
 def test_sharded_sums_equal_single_process():
     """What data-parallel ranks add up equals the single-process result, coverage included."""
     rng = np.random.default_rng(3)

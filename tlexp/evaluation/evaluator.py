@@ -71,11 +71,14 @@ def _csr_for(users: np.ndarray, frame: pd.DataFrame) -> CSR:
     return CSR.from_pairs(pos[keep], frame["item"].to_numpy()[keep], users.size)
 
 
-def make_eval_set(data: DomainData, split: str) -> EvalSet:
+def make_eval_set(data: DomainData, split: str, mask_history: bool = True) -> EvalSet:
     """Eval set for ``split`` ('valid' or 'test') of a split domain.
 
     Masked items: train items for valid; train + valid items for test (the user's whole known
-    history, as RecBole does). Segments: ``cold`` = the split's cold-start users (validation cold
+    history, as RecBole does for general models). ``mask_history=False`` masks nothing: RecBole's
+    protocol for *sequential* models, whose full-ranking evaluation leaves the history in the
+    ranking (``eval.mask_history``, what scripts/bench_peer.py sets for SASRec).
+    Segments: ``cold`` = the split's cold-start users (validation cold
     users for valid, test cold users for test: their whole history is that split), ``warm`` = the
     rest; for test, ``cold_items`` = test interactions whose item never occurs in the training split
     (the users who have any, judged on those items only): ID models cannot know such items, text
@@ -96,6 +99,8 @@ def make_eval_set(data: DomainData, split: str) -> EvalSet:
         if len(cold_rows):
             segments["_cold_items"] = np.isin(users, cold_rows["user"].to_numpy())
             segment_truth["_cold_items"] = _csr_for(users, cold_rows)
+    if not mask_history:
+        history = history.iloc[:0]
     return EvalSet(name="val" if split == "valid" else split, users=users,
                    truth=_csr_for(users, truth_frame), mask=_csr_for(users, history),
                    n_items=data.n_items, segments=segments, segment_truth=segment_truth)

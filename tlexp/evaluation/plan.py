@@ -61,6 +61,7 @@ class EvalSettings:
     monitor: str = "val/ndcg_at_10"
     combine: tuple[str, ...] = ("val", "val_cold")  # val_combined/<metric> = their mean
     kshot: KShotSettings = field(default_factory=KShotSettings)
+    mask_history: bool = True  # False: the known history stays in the ranking (RecBole's sequential protocol)
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -99,8 +100,8 @@ class EvaluationPlan:
     def __init__(self, target: DomainData, settings: EvalSettings, default_shots: Sequence[int] = ()):
         self.target = target
         self.settings = settings
-        self.valid: EvalSet = make_eval_set(target, "valid")
-        self.test: EvalSet = make_eval_set(target, "test")
+        self.valid: EvalSet = make_eval_set(target, "valid", settings.mask_history)
+        self.test: EvalSet = make_eval_set(target, "test", settings.mask_history)
         # k-shot: eval.kshot.shots, else what the strategy asks for (meta-learning: its test shots)
         self.shots = [int(k) for k in (settings.kshot.shots or default_shots)]
 
