@@ -18,7 +18,8 @@ run:
 	$(BIN)/tlexp run
 
 # two workers on 2 cores (files stay whole on one worker, so module fixtures are built once):
-# 536 s instead of 757 s serial, measured on this 2-core machine
+# 504-515 s for the whole suite on this 2-core machine (clean clone, CI=true .ci/run); tests/conftest.py
+# gives each worker cores // workers OpenMP threads (2 x 2 threads on 2 cores ran several times slower)
 test:
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --timeout=900 --durations=15
 
