@@ -40,3 +40,45 @@ def test_adapt_rejects_an_unknown_method(outputs: Path):
 
     with pytest.raises(ConfigError, match="adapt.method 'wasserstein'"):
         run_pipeline(tiny_cfg(outputs, "strategy=adapt", "adapt.method=wasserstein"))
+
+
+def test_adapt_reweight_pretrains_on_importance_resampled_source_pairs(outputs: Path):
+    """adapt.method=reweight: the source model is pretrained on importance-resampled pairs (its own
+    cache entry, shared with finetune + pretrain.reweight=true), the weights' summary is logged, the
+    weights are what importance_weights computes, and no alignment loss is added."""
+    import json
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from tlexp.core.errors import ConfigError
+    from tlexp.data.reweight import ReweightSettings, importance_weights
+    from tlexp.pipeline import run_pipeline
+    from tlexp.pipeline.build import load_scenario
+
+    out = run_pipeline(tiny_cfg(outputs, "strategy=adapt", "adapt.method=reweight", run_dir="r"))
+    client = MlflowClient(out["tracking_uri"])
+    run = client.get_run(out["run_id"])
+    m, tags = run.data.metrics, run.data.tags
+    assert tags["pretrain_reweight"] == "on"
+    assert 0 < m["pretrain/reweight_ess_share"] <= 1 and 0 <= m["pretrain/reweight_auc"] <= 1
+    assert m["pretrain/reweight_w_min"] <= m["pretrain/reweight_w_p50"] <= m["pretrain/reweight_w_max"] <= 10
+    assert all(h.value == 0 for h in client.get_metric_history(out["run_id"], "train/align_loss"))
+    assert len(client.get_metric_history(out["run_id"], "train/domain_acc")) == 3
+    saved = json.loads(open(client.download_artifacts(out["run_id"], "pretrain_reweight.json")).read())
+    assert sum(saved["histogram"]["pairs"]) == len(load_scenario(tiny_cfg(outputs))[0].source.train)
+    # the cached weights are the estimator's, for this source and target
+    scenario, _ = load_scenario(tiny_cfg(outputs))
+    entry = outputs / "cache" / "pretrain" / tags["pretrain_key"]
+    again = importance_weights(scenario.source, scenario.target, ReweightSettings(), seed=0)
+    assert np.allclose(np.load(entry / "weights.npy"), again.weights)
+    # unweighted pretraining keeps its own key; finetune + pretrain.reweight=true shares the reweighted one
+    plain = run_pipeline(tiny_cfg(outputs, "strategy=finetune", run_dir="p"))
+    ft = run_pipeline(tiny_cfg(outputs, "strategy=finetune", "pretrain.reweight=true", run_dir="f"))
+    plain_tags = client.get_run(plain["run_id"]).data.tags
+    ft_tags = client.get_run(ft["run_id"]).data.tags
+    assert plain_tags["pretrain_key"] != tags["pretrain_key"] and "pretrain_reweight" not in plain_tags
+    assert ft_tags["pretrain_key"] == tags["pretrain_key"] and ft_tags["pretrain_cache"] == "hit"
+    with pytest.raises(ConfigError, match="works on \\(user, item\\) pairs"):
+        run_pipeline(tiny_cfg(outputs, "backbone=sasrec", "strategy=finetune", "pretrain.reweight=true",
+                              run_dir="s"))

@@ -6,6 +6,9 @@ augmentation (tests/unit/test_augment.py checks it for every kind). Each draw is
 run would have seen.
 
 * ``interaction_dropout`` (ID models): each epoch sees a fresh random ``1 - p`` share of the training pairs.
+* ``history_resample`` (ID models): each epoch, each user's history is, with probability ``p``, redrawn
+  with replacement from the user's own training pairs (a per-user bootstrap); ``cap`` limits every
+  user to at most that many pairs an epoch (heavy users no longer dominate the gradient).
 * ``crop`` / ``mask`` / ``reorder`` (sequence backbones: sasrec, text_seq): each training sequence is,
   with probability ``p`` per epoch, replaced by a cropped (a contiguous run of share ``eta``), masked
   (a share ``gamma`` of its input items replaced by a mask token) or locally shuffled (a contiguous
@@ -32,7 +35,7 @@ from torch.utils.data import Sampler
 
 from tlexp.core.errors import ConfigError
 
-PAIR_KINDS = ("interaction_dropout",)
+PAIR_KINDS = ("interaction_dropout", "history_resample")
 SEQUENCE_KINDS = ("crop", "mask", "reorder", "cl4srec")
 TEXT_KINDS = ("text_dropout",)
 KINDS = ("none", *PAIR_KINDS, *SEQUENCE_KINDS, *TEXT_KINDS)
@@ -57,12 +60,13 @@ class AugmentSettings:
     cl_weight: float = 0.1         # cl4srec: weight of the contrastive term added to the recommendation loss
     cl_temperature: float = 0.2    # cl4srec: InfoNCE temperature (cosine similarities are divided by it)
     variants: int = 4              # text_dropout: word-dropped versions of each item text (each encoded once, cached)
+    cap: int | None = None         # history_resample: at most this many pairs per user an epoch (None: no cap)
 
     def __post_init__(self) -> None:
         where = f"conf/augment/{self.name}.yaml"
         if self.name not in KINDS:
             raise ConfigError(f"augment={self.name} is not built; choose one of {', '.join(KINDS)} (conf/augment/)")
-        if self.name in ("crop", "mask", "reorder"):
+        if self.name in ("crop", "mask", "reorder", "history_resample"):
             if not _share(self.p):
                 raise ConfigError(f"augment.p={self.p!r} must be a probability in (0, 1] ({where}); e.g. augment.p=0.5")
         elif self.name == "text_dropout":
@@ -80,13 +84,15 @@ class AugmentSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"augment.{key}={value!r} must be a number > 0 ({where}); e.g. augment.{key}=0.1")
 
+        if self.cap is not None and (isinstance(self.cap, bool) or not isinstance(self.cap, int) or self.cap < 1):
+            raise ConfigError(f"augment.cap={self.cap!r} must be null or an integer >= 1 ({where}); e.g. augment.cap=50")
         if isinstance(self.variants, bool) or not isinstance(self.variants, int) or self.variants < 1:
             raise ConfigError(f"augment.variants={self.variants!r} must be an integer >= 1 ({where}); "
                               "e.g. augment.variants=4")
 
     @property
     def active(self) -> bool:
-        if self.name == "cl4srec":
+        if self.name == "cl4srec" or (self.name == "history_resample" and self.cap is not None):
             return True
         return self.name != "none" and self.p > 0
 
@@ -124,6 +130,51 @@ class EpochSubsetSampler(Sampler[int]):
     def indices(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=g)[: len(self)]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+
+class EpochHistorySampler(Sampler[int]):
+    """Per-user resampling of training pairs, afresh for every epoch from (seed, epoch).
+
+    Each user contributes ``m_u = min(n_u, cap)`` pairs an epoch (``n_u`` without a cap), so an epoch's
+    length is fixed. With probability ``p`` a user's ``m_u`` pairs are drawn *with replacement* from
+    their own ``n_u`` pairs (a bootstrap of the history: some pairs twice, some not at all); otherwise
+    ``m_u`` of them without replacement (all of them when there is no cap). Indices only ever point
+    at the user's own training pairs. The epoch's indices are then shuffled.
+    """
+
+    def __init__(self, users: torch.Tensor, p: float, cap: int | None, seed: int) -> None:
+        users = torch.as_tensor(users, dtype=torch.long)
+        self.order = torch.argsort(users, stable=True)              # pair indices grouped by user
+        counts = torch.bincount(users)
+        self.counts = counts[counts > 0]
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.take = self.counts if cap is None else torch.clamp(self.counts, max=int(cap))
+        self.p, self.seed, self.epoch = float(p), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.take.sum())
+
+    def indices(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 11)
+        owner = torch.repeat_interleave(torch.arange(len(self.counts)), self.take)   # one row per drawn pair
+        n = self.counts[owner].double()
+        boot = (torch.rand(len(self.counts), generator=g) < self.p)[owner]
+        with_repl = (torch.rand(len(owner), generator=g, dtype=torch.float64) * n).floor().long()
+        # without replacement: the first m_u of a random permutation of the user's n_u pairs
+        keys = torch.rand(len(self.order), generator=g, dtype=torch.float64)
+        pair_owner = torch.repeat_interleave(torch.arange(len(self.counts)), self.counts)
+        perm = torch.argsort(pair_owner.double() * 2 + keys, stable=True) - self.starts[pair_owner]
+        pos = torch.arange(len(owner)) - (torch.cumsum(self.take, 0) - self.take)[owner]  # 0..m_u-1
+        no_repl = perm[self.starts[owner] + pos]
+        offset = torch.where(boot, with_repl, no_repl)
+        picked = self.order[self.starts[owner] + offset]
+        return picked[torch.randperm(len(picked), generator=g)]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())

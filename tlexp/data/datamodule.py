@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlexp.core.errors import ConfigError
-from tlexp.data.augment import (PAD, AugmentSettings, EpochSubsetSampler, augment_rows, causal_rows, generator_for,
+from tlexp.data.augment import (PAD, AugmentSettings, EpochHistorySampler, EpochSubsetSampler, augment_rows, causal_rows, generator_for,
                                 mask, random_view, with_probability)
+from tlexp.data.reweight import EpochWeightedSampler
 from tlexp.data.scenario import DomainData
 
 
@@ -50,20 +51,41 @@ class EvalTrigger(Dataset):
 
 
 class RecDataModule(pl.LightningDataModule):
-    """Training pairs from ``data.train``; evaluation is driven by the strategy's eval sets."""
+    """Training pairs from ``data.train``; evaluation is driven by the strategy's eval sets.
+
+    ``sample_weights`` (one per training pair): each epoch draws the pairs with replacement in
+    proportion to them (importance resampling, tlexp/data/reweight.py) instead of a shuffle.
+    """
 
     def __init__(self, data: DomainData, batch_size: int = 1024, num_workers: int = 0,
-                 augment: AugmentSettings | None = None, seed: int = 0):
+                 augment: AugmentSettings | None = None, seed: int = 0, sample_weights=None):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.train_set = PairDataset(torch.tensor(data.train["user"].to_numpy()),
                                      torch.tensor(data.train["item"].to_numpy()))
         self.item_counts = torch.bincount(self.train_set.items, minlength=data.n_items)
         self.augment, self.seed = augment or AugmentSettings(), int(seed)
+        self.sample_weights = sample_weights
+        if sample_weights is not None and len(sample_weights) != len(self.train_set):
+            raise ValueError(f"{len(sample_weights)} sample weights for {len(self.train_set)} training pairs")
+
+    def sampler(self):
+        """The epoch's order of training pairs, when it is not a plain shuffle (None)."""
+        a = self.augment
+        if self.sample_weights is not None:
+            if a.active:
+                raise ConfigError(f"augment={a.name} and importance resampling of the same pairs cannot be "
+                                  "combined; use one of them")
+            return EpochWeightedSampler(self.sample_weights, self.seed)
+        if a.active and a.name == "interaction_dropout":  # a fresh (1 - p) share each epoch
+            return EpochSubsetSampler(len(self.train_set), 1 - a.p, self.seed)
+        if a.active and a.name == "history_resample":
+            return EpochHistorySampler(self.train_set.users, a.p, a.cap, self.seed)
+        return None
 
     def train_dataloader(self) -> DataLoader:
-        if self.augment.active and self.augment.name == "interaction_dropout":  # a fresh (1 - p) share each epoch
-            sampler = EpochSubsetSampler(len(self.train_set), 1 - self.augment.p, self.seed)
+        sampler = self.sampler()
+        if sampler is not None:
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=keep_batch,
                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=keep_batch,
@@ -264,8 +286,10 @@ class SequenceDataModule(pl.LightningDataModule):
 
 def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int = 1024,
                    num_workers: int = 0, augment: AugmentSettings | None = None,
-                   seed: int = 0) -> pl.LightningDataModule:
+                   seed: int = 0, sample_weights=None) -> pl.LightningDataModule:
     """The training data a backbone learns from: user sequences if it reads histories, else pairs.
+
+    ``sample_weights``: importance weights of the training pairs (ID backbones only).
 
     A sequential backbone may set its own ``batch_size`` (sequences per batch), since one sequence
     holds up to ``max_seq_len`` training positions.
@@ -275,10 +299,14 @@ def datamodule_for(data: DomainData, backbone: torch.nn.Module, batch_size: int 
         if active and not (augment.on_sequences or augment.on_texts):
             raise ConfigError(f"augment={augment.name} works on training pairs of ID models; this backbone reads "
                               "item sequences: use augment=crop, mask, reorder, cl4srec or text_dropout (or none)")
+        if sample_weights is not None:
+            raise ConfigError("importance reweighting of source pairs (pretrain.reweight, adapt.method=reweight) "
+                              "works on (user, item) pairs; this backbone learns from user sequences: use an ID "
+                              "backbone such as backbone=two_tower")
         bs = getattr(backbone, "batch_size", None) or batch_size
         return SequenceDataModule(data, backbone.max_seq_len, backbone.pad_token, backbone.bos_token,
                                   int(bs), num_workers, augment, seed, getattr(backbone, "mask_token", None))
     if active and augment.on_sequences:
         raise ConfigError(f"augment={augment.name} works on item sequences (backbone=sasrec or text_seq); this "
                           "backbone learns from (user, item) pairs: use augment=interaction_dropout (or none)")
-    return RecDataModule(data, batch_size, num_workers, augment, seed)
+    return RecDataModule(data, batch_size, num_workers, augment, seed, sample_weights)

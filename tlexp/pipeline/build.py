@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import time
 import typing
@@ -32,8 +33,9 @@ from tlexp.models.base import Backbone, build_backbone
 from tlexp.strategies.base import Built, Need, SourceModel, Strategy, StrategyInputs, Teacher, Trained
 from tlexp.tracking.run import RunLog
 from tlexp.training.augment import with_augmentation
-from tlexp.training.pretraining import finetune_teacher, pretrain_source
+from tlexp.training.pretraining import Reweighting, finetune_teacher, pretrain_source
 from tlexp.data.augment import AugmentSettings
+from tlexp.data.reweight import ReweightSettings
 from tlexp.training.privacy import PrivacySettings, loss_problem
 from tlexp.training.regularize import RegularizeSettings
 from tlexp.training.settings import TrainSettings
@@ -103,6 +105,13 @@ def regularize_settings(cfg: DictConfig) -> RegularizeSettings:
     if node is None:
         return RegularizeSettings()
     return parse_settings(RegularizeSettings, OmegaConf.to_container(node, resolve=True), "regularize")
+
+
+def reweight_settings(node: dict) -> ReweightSettings:
+    """``pretrain.reweight_*`` as :class:`ReweightSettings` (features, degree, clip)."""
+    names = {"reweight_features": "features", "reweight_degree": "degree", "reweight_clip": "clip"}
+    return parse_settings(ReweightSettings, {names[k]: v for k, v in node.items() if k in names},
+                          "pretrain.reweight_* (conf/pretrain/default.yaml)")
 
 
 def privacy_settings(cfg: DictConfig) -> PrivacySettings:
@@ -355,9 +364,17 @@ def _source_model(cfg: DictConfig, need: SourceModel, scenario: Scenario, source
         if not users and not items:
             raise ConfigError(f"source '{data.name}' shares no users and no items with the target "
                               f"'{scenario.target.name}': nothing can transfer; pick sources of the same dataset")
-    pre = pretrain_source(settings, data, fp, _spec(cfg, need.backbone))
+    reweight = None
+    if need.reweight or settings.reweight.get("reweight", False):
+        reweight = Reweighting(scenario.target, scenario.key, reweight_settings(settings.reweight))
+    pre = pretrain_source(settings, data, fp, _spec(cfg, need.backbone), reweight=reweight)
     tag = need.tag
     log_to.set_tags({f"{tag}_cache": "hit" if pre.cache_hit else "miss", f"{tag}_key": pre.key})
+    if pre.reweighting is not None:
+        log_to.set_tags({f"{tag}_reweight": "on"})
+        log_to.log_metrics({f"{tag}/reweight_{k}": v for k, v in pre.reweighting.stats.items()})
+        log_to.log_text(json.dumps({"stats": pre.reweighting.stats, "histogram": pre.reweighting.histogram},
+                                   indent=1), f"{tag}_reweight.json")
     log_build_info(log_to, pre.build_info, prefix=f"{tag}_")
     monitored = "val_" + settings.monitor.partition("/")[2]  # pretrain/val_ndcg_at_10: the stage's best value
     log_to.log_metrics({f"{tag}/{monitored}": pre.meta["best_score"],

@@ -11,6 +11,11 @@ towards the source's:
   coefficient warms up from 0 to 1 over ``warmup_epochs`` (``2/(1+exp(-γp)) - 1``);
 * ``mmd`` — multi-kernel maximum mean discrepancy;
 * ``coral`` — covariance alignment;
+* ``reweight`` — alignment by resampling instead of a loss: the source model is pretrained on source
+  pairs drawn in proportion to importance weights ``p_target(x)/p_source(x)`` from a domain classifier
+  (tlexp/data/reweight.py; logged as ``pretrain/reweight_*`` and the artifact
+  ``pretrain_reweight.json``), and the unlabeled source batches here are drawn by the same weights,
+  so ``train/domain_acc`` measures how separable the target is from the *reweighted* source;
 * ``none`` — no alignment (the ablation: the same model, loaders and logging).
 
 Nothing here needs shared users, which is the point: with little or no user overlap, finetune's
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
@@ -34,16 +40,18 @@ from torch.utils.data import DataLoader
 
 from tlexp.core.errors import ConfigError
 from tlexp.data.datamodule import EvalTrigger, PairDataset, keep_batch
+from tlexp.data.reweight import EpochWeightedSampler
+from tlexp.data.scenario import Scenario
 from tlexp.models.alignment import DomainClassifier, coral, dann_lambda, domain_adversarial_loss, mmd
 from tlexp.models.recommender import Recommender
-from tlexp.strategies.base import Built, FromSource, StrategyInputs
+from tlexp.strategies.base import Built, FromSource, Need, SourceModel, StrategyInputs
 from tlexp.training.module import LossObjective, TrainingModule
 from tlexp.training.transfer import lr_scales, transfer_weights
 
-METHODS = ("dann", "mmd", "coral", "none")
+METHODS = ("dann", "mmd", "coral", "reweight", "none")
 # adapt.weight=null takes the method's weight: the best of {0.1, 0.3, 1} on data=low_overlap, seed 0
 # (docs/meta_adapt_emcdr.md). The losses live on different scales, so one shared number cannot fit all.
-DEFAULT_WEIGHTS = {"dann": 0.3, "mmd": 0.1, "coral": 1.0, "none": 0.0}
+DEFAULT_WEIGHTS = {"dann": 0.3, "mmd": 0.1, "coral": 1.0, "reweight": 0.0, "none": 0.0}
 KINDS = ("user", "item")
 
 
@@ -78,13 +86,19 @@ class AdaptSettings:
 class AdaptDataModule(pl.LightningDataModule):
     """Batches of ``{"target": target pairs, "source": source pairs}``; an epoch is one pass over the target."""
 
-    def __init__(self, target: pl.LightningDataModule, source: PairDataset, source_batch_size: int):
+    def __init__(self, target: pl.LightningDataModule, source: PairDataset, source_batch_size: int,
+                 source_weights: np.ndarray | None = None, seed: int = 0):
         super().__init__()
         self.target, self.source, self.source_batch_size = target, source, source_batch_size
+        self.source_weights, self.seed = source_weights, int(seed)
         self.item_counts = getattr(target, "item_counts", None)
 
     def train_dataloader(self) -> CombinedLoader:
-        source = DataLoader(self.source, batch_size=self.source_batch_size, shuffle=True, collate_fn=keep_batch)
+        if self.source_weights is not None:  # source pairs drawn by their importance weights
+            source = DataLoader(self.source, batch_size=self.source_batch_size, collate_fn=keep_batch,
+                                sampler=EpochWeightedSampler(self.source_weights, self.seed))
+        else:
+            source = DataLoader(self.source, batch_size=self.source_batch_size, shuffle=True, collate_fn=keep_batch)
         return CombinedLoader({"target": self.target.train_dataloader(), "source": source}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
@@ -164,6 +178,10 @@ class Adapt(FromSource):
 
     Settings = AdaptSettings
     settings_node = "adapt"
+
+    def needs(self, scenario: Scenario) -> list[Need]:
+        return [SourceModel(reweight=self.settings.method == "reweight")]
+
     def build(self, inputs: StrategyInputs) -> Built:
         s = self.settings
         pre = inputs.models["source"].backbone
@@ -184,5 +202,7 @@ class Adapt(FromSource):
                                    torch.tensor(src.train["item"].to_numpy()))
         inputs.log.log_params({"transfer.moved": ",".join(moved), "adapt.source_pairs": len(source_pairs),
                                "adapt.weight_used": objective.weight})
-        data = AdaptDataModule(inputs.pairs(), source_pairs, int(s.source_batch_size or inputs.batch_size))
+        found = inputs.models["source"].model.reweighting
+        data = AdaptDataModule(inputs.pairs(), source_pairs, int(s.source_batch_size or inputs.batch_size),
+                               None if found is None else found.weights, inputs.seed)
         return Built(Recommender(inputs.backbone), objective, data, lr_scales(moved, self.transfer.lr_scale))

@@ -50,7 +50,8 @@ class SourceModel:
     ``domain``: None for the scenario's source, else a ``conf/domain`` name (split like the run's
     source). ``backbone``: None for the run's backbone, else a backbone config node. ``tag`` names
     it in the run (``<tag>_cache`` hit/miss, ``<tag>/val_ndcg_at_10``). ``require_shared``: fail
-    before pretraining when the domain shares no user and no item with the target.
+    before pretraining when the domain shares no user and no item with the target. ``reweight``:
+    pretrain on source pairs importance-resampled towards the target (as ``pretrain.reweight=true``).
     """
 
     key: str = "source"
@@ -58,6 +59,7 @@ class SourceModel:
     backbone: Any = None
     tag: str = "pretrain"
     require_shared: bool = False
+    reweight: bool = False
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ class RunLog(Protocol):
 
     def set_tags(self, tags: dict[str, Any]) -> None: ...
 
+    def log_text(self, text: str, name: str) -> None: ...
+
 
 class NullLog:
     """A :class:`RunLog` that records nothing: outside a tracked run (serving, tests, DDP workers)."""
@@ -98,6 +100,9 @@ class NullLog:
         pass
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
         pass
 
 

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pandas as pd
 import torch
 
 from tlexp.core.cache import cached_dir, stable_hash
 from tlexp.core.console import stage
 from tlexp.data.datamodule import datamodule_for
+from tlexp.data.reweight import ImportanceWeights, ReweightSettings, importance_weights
 from tlexp.data.scenario import DomainData
 from tlexp.evaluation.evaluator import make_eval_set
 from tlexp.models.base import Backbone, build_backbone
@@ -52,6 +54,19 @@ class Pretrained:
     cache_hit: bool
     meta: dict
     build_info: dict | None = None  # the backbone's tracking_info() from when it was first built
+    reweighting: ImportanceWeights | None = None  # importance weights the source pairs were resampled by
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    """Pretrain on source pairs importance-resampled towards ``target`` (tlexp/data/reweight.py).
+
+    ``scenario_key`` identifies the target's training data (the weights depend on it) in the cache key.
+    """
+
+    target: DomainData
+    scenario_key: str
+    settings: ReweightSettings
 
 
 @dataclass(frozen=True)
@@ -77,13 +92,17 @@ def stage_settings(settings: TrainSettings) -> TrainSettings:
     return dataclasses.replace(settings, monitor=f"val/{metric}")
 
 
-def pretrain_key(settings: TrainSettings, source_fingerprint: dict, backbone_spec: dict, seed: int) -> str:
-    return stable_hash({"monitor": settings.monitor,
+def pretrain_key(settings: TrainSettings, source_fingerprint: dict, backbone_spec: dict, seed: int,
+                 reweight: Reweighting | None = None) -> str:
+    parts = {"monitor": settings.monitor,
         "source": source_fingerprint, "split": settings.split, "backbone": _backbone_key(backbone_spec),
         "loss": settings.loss, "optimizer": settings.optimizer, "scheduler": settings.scheduler,
         "pretrain": settings.pretrain, "batch_size": settings.batch_size, "ks": settings.ks,
         "seed": int(seed), "code": CODE_VERSION,
-    })
+    }
+    if reweight is not None:  # only then: unweighted pretraining keeps the keys it always had
+        parts["reweight"] = {"scenario": reweight.scenario_key, **reweight.settings.key()}
+    return stable_hash(parts)
 
 
 def _root(settings: TrainSettings, kind: str) -> Path:
@@ -99,12 +118,14 @@ def _module(settings: TrainSettings, backbone: Backbone, data: DomainData,
 
 
 def _fit_and_save(settings: TrainSettings, module: TrainingModule, data: DomainData, path: Path, max_epochs: int,
-                  patience: int, stage: str) -> dict:
+                  patience: int, stage: str, sample_weights: Any = None, seed: int = 0) -> dict:
     trainer = build_trainer(settings, max_epochs=max_epochs, patience=patience, ckpt_dir=path / "lightning",
                             stage=stage)
     t0 = time.time()
     backbone = module.model.backbone
-    fit = fit_best(trainer, module, datamodule_for(data, backbone, settings.batch_size, settings.num_workers))
+    data_module = datamodule_for(data, backbone, settings.batch_size, settings.num_workers,
+                                 seed=seed, sample_weights=sample_weights)
+    fit = fit_best(trainer, module, data_module)
     torch.save(backbone.state_dict(), path / "backbone.pt")
     for f in (path / "lightning").rglob("*.ckpt"):
         f.unlink(missing_ok=True)  # the backbone weights are all a later run needs
@@ -119,21 +140,33 @@ def _load(spec: dict, data: DomainData, path: Path) -> Backbone:
 
 
 def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerprint: dict, backbone_spec: dict,
-                    seed: int | None = None) -> Pretrained:
-    """Train (or fetch from the cache) ``backbone_spec`` on the source domain."""
+                    seed: int | None = None, reweight: Reweighting | None = None) -> Pretrained:
+    """Train (or fetch from the cache) ``backbone_spec`` on the source domain.
+
+    With ``reweight``, each epoch's source pairs are drawn with replacement in proportion to their
+    importance weights towards the target; the weights and their summary are kept in the cache entry.
+    """
     settings = stage_settings(settings)
     seed = int(settings.seed if seed is None else seed)
-    key = pretrain_key(settings, source_fingerprint, backbone_spec, seed)
+    key = pretrain_key(settings, source_fingerprint, backbone_spec, seed, reweight)
     first_build: list[dict] = []
 
     def build(path: Path) -> None:
+        weights = None
+        if reweight is not None:
+            stage("pretrain", f"importance weights of {source.name}'s pairs towards {reweight.target.name}")
+            found = importance_weights(source, reweight.target, reweight.settings, seed)
+            np.save(path / "weights.npy", found.weights)
+            (path / "reweight.json").write_text(json.dumps({"stats": found.stats, "histogram": found.histogram},
+                                                           indent=1))
+            weights = found.weights
         stage("pretrain", f"{backbone_spec.get('name', 'model')} on {source.name}: cache miss, training")
         pl.seed_everything(seed, workers=True, verbose=False)
         backbone = build_backbone(backbone_spec, source)
         first_build.append(backbone.tracking_info())
         module = _module(settings, backbone, source)
         meta = _fit_and_save(settings, module, source, path, int(settings.pretrain["max_epochs"]),
-                             int(settings.pretrain["patience"]), "pretrain")
+                             int(settings.pretrain["patience"]), "pretrain", weights, seed)
         meta = {"source": source.name, **meta, "n_users": source.n_users, "n_items": source.n_items, "seed": seed}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -143,7 +176,11 @@ def pretrain_source(settings: TrainSettings, source: DomainData, source_fingerpr
         stage("pretrain", f"{what}: cache hit ({key}), nothing to train")
     backbone = _load(backbone_spec, source, path)
     info = first_build[0] if first_build else backbone.tracking_info()
-    return Pretrained(backbone, key, hit, json.loads((path / "meta.json").read_text()), info)
+    found = None
+    if reweight is not None:
+        saved = json.loads((path / "reweight.json").read_text())
+        found = ImportanceWeights(np.load(path / "weights.npy"), saved["stats"], saved["histogram"])
+    return Pretrained(backbone, key, hit, json.loads((path / "meta.json").read_text()), info, found)
 
 
 def finetune_key(settings: TrainSettings, scenario_key: str, pre_key: str, knobs: dict, seed: int) -> str:

@@ -8,7 +8,7 @@ stage) reads this object, never the run's whole config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,13 @@ class TrainSettings:
     cache_dir: Path
     scratch_dir: Path              # where uncached builds go (pretrain.use_cache=false)
     use_cache: bool = True
+    reweight: dict = field(default_factory=dict)  # pretrain.reweight* (not part of the pretraining key unless on)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> TrainSettings:
         pretrain = _plain(cfg.pretrain)
         use_cache = bool(pretrain.pop("use_cache", True))
+        reweight = {k: pretrain.pop(k) for k in [k for k in pretrain if k.startswith("reweight")]}
         return cls(
             loss=_plain(cfg.loss), optimizer=_plain(cfg.optimizer),
             scheduler=_plain(cfg.scheduler) if cfg.scheduler else None,
@@ -57,7 +59,7 @@ class TrainSettings:
             batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
             ks=[int(k) for k in cfg.eval.ks], eval_batch_size=int(cfg.eval.batch_size), monitor=str(cfg.eval.monitor),
             seed=int(cfg.seed), cache_dir=Path(cfg.paths.cache_dir), scratch_dir=Path(cfg.paths.output_dir),
-            use_cache=use_cache,
+            use_cache=use_cache, reweight=reweight,
         )
 
     # ----- objects, built by Hydra from the configured nodes -----
