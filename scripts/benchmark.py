@@ -17,6 +17,11 @@ so that an interrupted benchmark resumes where it stopped.
 
     python scripts/benchmark.py --data ml100k_genres --strategies popular scratch ease itemknn finetune \\
         --trials 6 --seeds 0 1 2 --out outputs/benchmark
+
+Issue #16's optimisations join as entries of their own: ``finetune_l2sp`` (+ ``regularize.l2_sp``),
+``finetune_aug`` (+ ``augment=interaction_dropout``, ``augment.p``) and ``finetune_both``, each with
+finetune's budget plus its knob(s); the table then groups by strategy, ``regularize.l2_sp`` and
+``augment.name``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,28 @@ SPACES: dict[str, dict[str, str]] = {
     "adapt": {"optimizer.lr": LR, "optimizer.weight_decay": WD, "adapt.weight": "tag(log,interval(0.01,1.0))"},
     "emcdr": {"optimizer.lr": LR, "optimizer.weight_decay": WD, "strategy.map_weight_decay": WD},
 }
+# Issue #16's optimisations of finetune, as entries of their own: finetune's budget plus their knob.
+L2SP = "tag(log,interval(0.0001,0.1))"
+AUG_P = "interval(0.05,0.5)"
+SPACES.update({
+    "finetune_l2sp": {**SPACES["finetune"], "regularize.l2_sp": L2SP},
+    "finetune_aug": {**SPACES["finetune"], "augment.p": AUG_P},
+    "finetune_both": {**SPACES["finetune"], "regularize.l2_sp": L2SP, "augment.p": AUG_P},
+})
+# entry -> (the strategy it runs, fixed overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "finetune_l2sp": ("finetune", []),
+    "finetune_aug": ("finetune", ["augment=interaction_dropout"]),
+    "finetune_both": ("finetune", ["augment=interaction_dropout"]),
+}
+# what tells the variants apart in `tlexp compare` (they all run strategy=finetune)
+VARIANT_KEYS = ["regularize.l2_sp", "augment.name"]
+
+
+def strategy_args(entry: str) -> list[str]:
+    """The overrides that select ``entry``: its strategy and, for a variant, its fixed overrides."""
+    strategy, fixed = VARIANTS.get(entry, (entry, []))
+    return [f"strategy={strategy}", *fixed]
 
 
 def tlexp(*args: str, env: dict[str, str], log: Path) -> None:
@@ -91,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 tune_dir = work / strategy / "tune"
                 tlexp("run", "-m", "hydra/sweeper=tlexp_optuna", f"hydra.sweeper.n_trials={args.trials}",
                       f"hydra.sweeper.study_name={args.data}-{strategy}", f"hydra.sweep.dir={tune_dir}",
-                      f"strategy={strategy}", "seed=0", f"logger.experiment_name={experiment}-tuning",
+                      *strategy_args(strategy), "seed=0", f"logger.experiment_name={experiment}-tuning",
                       *[o for o in common if not o.startswith("logger.experiment_name")],
                       *[f"{k}={v}" for k, v in space.items()], env=env, log=log)
                 result = yaml.safe_load((tune_dir / "optimization_results.yaml").read_text())
@@ -102,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             state_file.write_text(json.dumps(state, indent=1))
         if not done.get("final"):
             launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"] if args.jobs > 1 else []
-            tlexp("run", "-m", *launcher, f"strategy={strategy}", f"seed={','.join(map(str, args.seeds))}",
+            tlexp("run", "-m", *launcher, *strategy_args(strategy), f"seed={','.join(map(str, args.seeds))}",
                   f"hydra.sweep.dir={work / strategy / 'final'}", *common,
                   *[f"{k}={v}" for k, v in done["best"].items()], env=env, log=log)
             done["final"] = True
@@ -111,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data} {strategy:9s} best {json.dumps(done['best'])}  ({done.get('seconds', 0):.0f} s)",
               flush=True)
     md = work / "table.md"
-    tlexp("compare", "--experiment", experiment, "--metric", "test/ndcg_at_10", "--markdown", str(md),
+    by = ",".join(["strategy", *(VARIANT_KEYS if set(args.strategies) & set(VARIANTS) else [])])
+    tlexp("compare", "--experiment", experiment, "--metric", "test/ndcg_at_10", "--by", by, "--markdown", str(md),
           "--csv", str(work / "table.csv"), env=env, log=log)
     print(md.read_text())
     return 0
