@@ -92,3 +92,62 @@ def test_max_steps_falls_back_to_per_batch_logging(monkeypatch):
     trainer.fit(tm, datamodule=RecDataModule(data, batch_size=4))
     assert seen == []  # never buffered
     assert "train/loss" in recorder.epochs[0]  # the first full epoch (5 batches) was logged
+
+
+class Captured(pl.loggers.Logger):
+    """A logger that keeps every (step, metrics) call, as the MLflow logger would receive them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "captured"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append((step, dict(metrics)))
+
+
+def fit_validated(direct: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, float]]]:
+    """Three epochs with validation; every logged value by key, as (step, value) in order."""
+    from tlexp.evaluation.evaluator import make_eval_set
+    from tlexp.training.module import Validation
+
+    if not direct:
+        monkeypatch.setattr(TrainingModule, "_log_directly", lambda self, metrics: False)
+    torch.manual_seed(0)
+    data = toy_domain()
+    model = Recommender(TwoTower(data, dim=8))
+    extra = lambda model, m: {"val_combined/ndcg_at_10": (m["val/ndcg_at_10"] + m["val/recall_at_5"]) / 3}  # noqa: E731
+    tm = TrainingModule(model, LossObjective(BPRLoss()), Optimisation(partial(torch.optim.Adam, lr=0.05)),
+                        Validation(make_eval_set(data, "valid"), [5, 10], 4, "val/ndcg_at_10", extra))
+    logger = Captured()
+    trainer = pl.Trainer(max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=1)
+    trainer.fit(tm, datamodule=RecDataModule(data, batch_size=4))
+    out: dict[str, list[tuple[int, float]]] = {}
+    for step, metrics in logger.calls:
+        for key, value in metrics.items():
+            out.setdefault(key, []).append((step, value))
+    return out
+
+
+def test_validation_metrics_logged_directly_equal_what_lightning_logs(monkeypatch):
+    """Validation metrics other than the monitor skip ``self.log`` (for speed) and go straight to the
+    loggers: same keys, same steps, bit-identical values (float32, as Lightning makes them), none from
+    the sanity check, and the monitor still reaches the callbacks."""
+    fast = fit_validated(True, monkeypatch)
+    monkeypatch.undo()
+    reference = fit_validated(False, monkeypatch)
+    assert set(fast) == set(reference) and "val/recall_at_10" in fast and "val_combined/ndcg_at_10" in fast
+    for key in reference:
+        assert fast[key] == reference[key], key
+    assert len(fast["val/recall_at_10"]) == 3 and len({s for s, _ in fast["val/recall_at_10"]}) == 3
